@@ -1,0 +1,3 @@
+from mxn.cli import main
+
+main()

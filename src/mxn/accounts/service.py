@@ -1,0 +1,212 @@
+"""Users and keys: what the CLI, the admin API and the request path share."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mxn.accounts.keys import display_prefix, hash_key, new_key, split_pin
+from mxn.accounts.passwords import hash_password
+from mxn.errors import AuthError, Conflict, InvalidRequest, NotFound, PermissionDenied
+from mxn.store.models import ApiKey, User
+
+MAX_KEYS_PER_USER = 5
+# last_used_at is written at most this often per key: a write per request would
+# put the store on the hot path.
+_TOUCH_EVERY = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: int
+    user: str
+    role: str
+    key_id: int
+    models: frozenset[str] | None
+    chips: frozenset[str] | None
+    pinned_endpoint: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def check_cell(self, model: str, chip: str) -> None:
+        if self.models is not None and model not in self.models:
+            raise PermissionDenied(f"this key may not use model '{model}'", param="model", code="model_not_allowed")
+        if self.chips is not None and chip not in self.chips:
+            raise PermissionDenied(f"this key may not use chip '{chip}'", param="model", code="chip_not_allowed")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_expiry(text: str | None) -> datetime | None:
+    """`30d`, `12h`, or an ISO date/time; None for no expiry."""
+    if not text:
+        return None
+    m = _DURATION.match(text.strip())
+    if m:
+        return _now() + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"expires: '{text}' is neither a duration like 30d nor an ISO date", param="expires")
+    return _aware(value)
+
+
+def parse_networks(ips: list[str] | None) -> list[str] | None:
+    if not ips:
+        return None
+    try:
+        return [str(ipaddress.ip_network(x.strip(), strict=False)) for x in ips if x.strip()]
+    except ValueError as exc:
+        raise InvalidRequest(f"ips: {exc}", param="ips")
+
+
+async def create_user(
+    s: AsyncSession,
+    name: str,
+    password: str | None,
+    *,
+    admin: bool = False,
+    group: str = "default",
+    quota: int | None = None,
+) -> User:
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        raise InvalidRequest("user name: 1–64 letters, digits or _.@-", param="name")
+    user = User(
+        name=name,
+        password_hash=hash_password(password) if password else None,
+        role="admin" if admin else "user",
+        group=group,
+        quota=quota,
+    )
+    s.add(user)
+    try:
+        await s.flush()
+    except IntegrityError:
+        await s.rollback()
+        raise Conflict(f"user '{name}' already exists", param="name")
+    return user
+
+
+async def user_by_name(s: AsyncSession, name: str) -> User:
+    user = (await s.execute(select(User).where(User.name == name))).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user '{name}'", param="user", code="user_not_found")
+    return user
+
+
+async def create_key(
+    s: AsyncSession,
+    secret: bytes,
+    user: User,
+    *,
+    name: str = "",
+    models: list[str] | None = None,
+    chips: list[str] | None = None,
+    expires: str | None = None,
+    ips: list[str] | None = None,
+    limits: dict[str, int | None] | None = None,
+    max_keys: int = MAX_KEYS_PER_USER,
+) -> tuple[ApiKey, str]:
+    """Returns the row and the key itself, which exists nowhere else after this call."""
+    count = (await s.execute(select(func.count()).where(ApiKey.user_id == user.id))).scalar_one()
+    if count >= max_keys:
+        raise Conflict(f"user '{user.name}' already has {count} keys (at most {max_keys})", code="too_many_keys")
+    key = new_key()
+    row = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=display_prefix(key),
+        key_hash=hash_key(secret, key),
+        models=models or None,
+        chips=chips or None,
+        ips=parse_networks(ips),
+        expires_at=parse_expiry(expires),
+        **(limits or {}),
+    )
+    s.add(row)
+    await s.flush()
+    return row, key
+
+
+def key_view(row: ApiKey, user: str | None = None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user": user,
+        "name": row.name,
+        "prefix": row.prefix,
+        "enabled": row.enabled,
+        "created_at": row.created_at,
+        "last_used_at": row.last_used_at,
+        "expires_at": row.expires_at,
+        "models": row.models,
+        "chips": row.chips,
+        "ips": row.ips,
+        "rpm": row.rpm,
+        "rpd": row.rpd,
+        "tpm": row.tpm,
+        "concurrency": row.concurrency,
+        "quota": row.quota,
+    }
+
+
+async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip: str | None) -> Principal:
+    key, pin = split_pin(presented)
+    row = (
+        await s.execute(
+            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == hash_key(secret, key))
+        )
+    ).one_or_none()
+    if row is None:
+        raise AuthError("Incorrect API key provided.")
+    api_key, user = row
+    now = _now()
+    if not api_key.enabled or not user.enabled:
+        raise AuthError("This API key has been disabled.", code="key_disabled")
+    if api_key.expires_at is not None and _aware(api_key.expires_at) <= now:
+        raise AuthError("This API key has expired.", code="key_expired")
+    if api_key.ips and not _ip_allowed(client_ip, api_key.ips):
+        raise PermissionDenied("this key may not be used from your address", code="ip_not_allowed")
+    if pin is not None and user.role != "admin":
+        raise AuthError("Incorrect API key provided.")
+    if api_key.last_used_at is None or now - _aware(api_key.last_used_at) > _TOUCH_EVERY:
+        api_key.last_used_at = now
+        await s.commit()
+    return Principal(
+        user_id=user.id,
+        user=user.name,
+        role=user.role,
+        key_id=api_key.id,
+        models=frozenset(api_key.models) if api_key.models else None,
+        chips=frozenset(api_key.chips) if api_key.chips else None,
+        pinned_endpoint=pin,
+    )
+
+
+def _ip_allowed(client_ip: str | None, networks: list[str]) -> bool:
+    if not client_ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(n) for n in networks)

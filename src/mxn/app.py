@@ -1,0 +1,53 @@
+"""Wires the app together: store, secret, catalogue, upstream client, routes and error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from mxn import __version__
+from mxn.accounts.secrets import load_secret
+from mxn.config import Settings, get_settings
+from mxn.errors import MxnError
+from mxn.gateway import admin, responses, routes
+from mxn.gateway.state import AppState
+from mxn.store.db import create_engine, sessionmaker
+
+
+def upstream_client() -> httpx.AsyncClient:
+    # One pool for every upstream: connections are reused across requests and endpoints.
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+    return httpx.AsyncClient(limits=limits, timeout=None, trust_env=False)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db = create_engine(settings.database_url)
+    sessions = sessionmaker(db)
+    state = AppState(settings, db, sessions, await load_secret(sessions, settings.secret), upstream_client())
+    await state.reload_catalog()
+    state.start_refresh()
+    app.state.mxn = state
+    try:
+        yield
+    finally:
+        await state.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. The store must already be migrated (`mxn serve` does it before workers start)."""
+    app = FastAPI(title="mxn", version=__version__, lifespan=lifespan)
+    app.state.settings = settings or get_settings()
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+    app.add_exception_handler(MxnError, responses.on_mxn_error)
+    app.add_exception_handler(RequestValidationError, responses.on_validation_error)
+    app.add_exception_handler(HTTPException, responses.on_http_error)
+    app.add_exception_handler(Exception, responses.on_unexpected)
+    return app

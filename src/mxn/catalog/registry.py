@@ -1,0 +1,192 @@
+"""An in-memory snapshot of the catalogue that the request path reads without touching the store."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mxn import engines
+from mxn.engines import EndpointConfig, Engine
+from mxn.errors import ModelNotFound, NotFound, ServiceUnavailable
+from mxn.store.models import Chip, Deployment, Endpoint, Model
+from mxn.tokens import Tokenizer, get_tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    family: str | None
+    kind: str
+    context_length: int
+    tokenizer_spec: str | None
+    public: bool
+    defaults: dict[str, Any]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return get_tokenizer(self.tokenizer_spec, self.family)
+
+
+@dataclass(frozen=True, slots=True)
+class ChipInfo:
+    id: str
+    name: str
+    alias: str | None
+
+    @property
+    def display(self) -> str:
+        return self.alias or self.name
+
+
+@dataclass(slots=True)
+class EndpointInfo:
+    id: int
+    state: str
+    weight: int
+    priority: int
+    upstream_model: str | None
+    supports: frozenset[str] | None
+    engine: Engine
+    row: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Cell:
+    """One deployment: a model on a chip, with its endpoints."""
+
+    id: int
+    model: ModelInfo
+    chip: ChipInfo
+    moderation: bool
+    price_input: float
+    price_output: float
+    disclosure: dict[str, Any]
+    endpoints: list[EndpointInfo] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}@{self.chip.id}"
+
+    @property
+    def state(self) -> str:
+        """`running` when any endpoint is; else the most hopeful state among them."""
+        states = {e.state for e in self.endpoints}
+        for s in ("running", "deploying", "unhealthy", "stopped"):
+            if s in states:
+                return s
+        return "stopped"
+
+    def candidates(self, pinned: int | None = None) -> list[EndpointInfo]:
+        """Running endpoints in the order to try: priority tiers first (higher first), weighted within a tier."""
+        if pinned is not None:
+            return [e for e in self.endpoints if e.id == pinned]
+        running = [e for e in self.endpoints if e.state == "running" and e.weight > 0]
+        if not running:
+            raise ServiceUnavailable(
+                f"deployment {self.name} has no running endpoint (state: {self.state})", code=f"deployment_{self.state}"
+            )
+        ordered: list[EndpointInfo] = []
+        for tier in sorted({e.priority for e in running}, reverse=True):
+            pool = [e for e in running if e.priority == tier]
+            while pool:
+                pick = random.choices(pool, weights=[e.weight for e in pool])[0]
+                pool.remove(pick)
+                ordered.append(pick)
+        return ordered
+
+
+@dataclass
+class Catalog:
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    chips: dict[str, ChipInfo] = field(default_factory=dict)
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelInfo:
+        info = self.models.get(name)
+        if info is None:
+            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+        return info
+
+    def cells_of(self, model: str) -> list[Cell]:
+        return [c for (m, _), c in self.cells.items() if m == model]
+
+    def cell(self, model: str, chip: str) -> Cell:
+        self.model(model)
+        found = self.cells.get((model, chip))
+        if found is None:
+            chips = ", ".join(sorted(c.chip.id for c in self.cells_of(model))) or "none"
+            raise NotFound(
+                f"model '{model}' is not deployed on chip '{chip}'; it is on: {chips}",
+                param="model",
+                code="model_not_on_chip",
+            )
+        return found
+
+    def resolve(self, name: str) -> Cell:
+        """`name@chip`, or `name` alone: the chip whose deployment can serve now (running first)."""
+        model, sep, chip = name.partition("@")
+        if sep:
+            return self.cell(model, chip)
+        self.model(model)
+        cells = self.cells_of(model)
+        if not cells:
+            raise NotFound(f"model '{model}' is not deployed on any chip", param="model", code="model_not_deployed")
+        running = [c for c in cells if c.state == "running"]
+        return random.choice(running) if running else cells[0]
+
+
+async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: httpx.AsyncClient) -> Catalog:
+    async with sessions() as s:
+        models = (await s.execute(select(Model))).scalars().all()
+        chips = (await s.execute(select(Chip))).scalars().all()
+        deployments = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars().all()
+        endpoints = (await s.execute(select(Endpoint).order_by(Endpoint.id))).scalars().all()
+    cat = Catalog()
+    for m in models:
+        cat.models[m.name] = ModelInfo(
+            m.name, m.family, m.kind, m.context_length, m.tokenizer, m.public, dict(m.defaults or {})
+        )
+    for c in chips:
+        cat.chips[c.id] = ChipInfo(c.id, c.name, c.alias)
+    by_id: dict[int, Cell] = {}
+    for d in deployments:
+        cell = Cell(
+            d.id,
+            cat.models[d.model],
+            cat.chips[d.chip],
+            d.moderation,
+            d.price_input,
+            d.price_output,
+            dict(d.disclosure or {}),
+        )
+        cat.cells[(d.model, d.chip)] = by_id[d.id] = cell
+    for e in endpoints:
+        config = EndpointConfig(
+            id=e.id,
+            engine=e.engine,
+            url=e.url,
+            path=e.path,
+            upstream_model=e.upstream_model,
+            api_key=e.api_key,
+            stream_format=e.stream_format,
+            timeouts=dict(e.timeouts or {}),
+            supports=frozenset(e.supports) if e.supports is not None else None,
+        )
+        by_id[e.deployment_id].endpoints.append(
+            EndpointInfo(
+                e.id,
+                e.state,
+                e.weight,
+                e.priority,
+                e.upstream_model,
+                config.supports,
+                engines.build(config, client),
+                {"engine": e.engine, "url": e.url, "path": e.path},
+            )
+        )
+    return cat

@@ -1,0 +1,17 @@
+"""`mxn`: one typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from mxn.cli import admin, catalog, serve
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="mxn: M models on N chips behind one API.")
+app.command("serve")(serve.serve)
+app.add_typer(admin.users, name="users")
+app.add_typer(admin.keys, name="keys")
+app.add_typer(catalog.app, name="catalog")
+
+
+def main() -> None:
+    app()

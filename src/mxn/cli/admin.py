@@ -1,0 +1,127 @@
+"""`mxn users ...` and `mxn keys ...`: the same operations as /admin/users and /admin/keys."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+from sqlalchemy import select
+
+from mxn.accounts import service as accounts
+from mxn.cli.common import DatabaseUrl, database_url, run
+from mxn.errors import NotFound
+from mxn.store.models import ApiKey, User
+
+users = typer.Typer(no_args_is_help=True, help="Users: create and list.")
+keys = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+@users.command("create")
+def users_create(
+    name: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    admin: Annotated[bool, typer.Option("--admin")] = False,
+    group: Annotated[str, typer.Option("--group")] = "default",
+    quota: Annotated[int | None, typer.Option("--quota", help="token quota (unset = unlimited)")] = None,
+    db: DatabaseUrl = None,
+) -> None:
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    if password_stdin and len(password or "") < 8:
+        typer.echo("error: the password needs at least 8 characters", err=True)
+        raise typer.Exit(1)
+
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        user = await accounts.create_user(s, name, password, admin=admin, group=group, quota=quota)
+        await s.commit()
+        return user
+
+    user = run(database_url(db), work)
+    typer.echo(f"created user {user.name} (id {user.id}, {user.role})")
+
+
+@users.command("list")
+def users_list(db: DatabaseUrl = None) -> None:
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        return (await s.execute(select(User).order_by(User.id))).scalars().all()
+
+    for u in run(database_url(db), work):
+        typer.echo(f"{u.id}\t{u.name}\t{u.role}\t{u.group}\t{'enabled' if u.enabled else 'disabled'}")
+
+
+@keys.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="owner of the key")],
+    name: Annotated[str, typer.Option("--name")] = "",
+    models: Annotated[str | None, typer.Option("--models", help="allowed models, comma-separated")] = None,
+    chips: Annotated[str | None, typer.Option("--chips", help="allowed chips, comma-separated")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="e.g. 30d, 12h, or an ISO date")] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm")] = None,
+    rpd: Annotated[int | None, typer.Option("--rpd")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency")] = None,
+    quota: Annotated[int | None, typer.Option("--quota")] = None,
+    ips: Annotated[str | None, typer.Option("--ips", help="allowed CIDRs, comma-separated")] = None,
+    db: DatabaseUrl = None,
+) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+
+    async def work(s, secret):  # type: ignore[no-untyped-def]
+        owner = await accounts.user_by_name(s, user)
+        limits = {"rpm": rpm, "rpd": rpd, "tpm": tpm, "concurrency": concurrency, "quota": quota}
+        row, key = await accounts.create_key(
+            s,
+            secret,
+            owner,
+            name=name,
+            models=_csv(models),
+            chips=_csv(chips),
+            expires=expires,
+            ips=_csv(ips),
+            limits=limits,
+        )
+        await s.commit()
+        return row, key
+
+    row, key = run(database_url(db), work)
+    typer.echo(f"created key {row.id} for {user}; it is shown only now:", err=True)
+    typer.echo(key)
+
+
+@keys.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    db: DatabaseUrl = None,
+) -> None:
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        q = select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.id)
+        if user:
+            q = q.where(User.name == user)
+        return [accounts.key_view(k, n) for k, n in (await s.execute(q)).all()]
+
+    rows = run(database_url(db), work)
+    if as_json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    for k in rows:
+        state = "enabled" if k["enabled"] else "revoked"
+        typer.echo(f"{k['id']}\t{k['user']}\t{k['prefix']}\t{k['name']}\t{state}\tlast used {k['last_used_at'] or '-'}")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: int, db: DatabaseUrl = None) -> None:
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no key {key_id}")
+        row.enabled = False
+        await s.commit()
+
+    run(database_url(db), work)
+    typer.echo(f"revoked key {key_id}")

@@ -1,0 +1,83 @@
+"""Engines: how a request reaches the thing that generates. One module per kind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from mxn.errors import ServiceUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """What an engine needs to know about its endpoint (a row of `endpoints`, frozen)."""
+
+    id: int
+    engine: str
+    url: str | None = None
+    path: str | None = None
+    upstream_model: str | None = None
+    api_key: str | None = None
+    stream_format: str = "sse"
+    timeouts: dict[str, float] = field(default_factory=dict)
+    supports: frozenset[str] | None = None
+
+
+class ChunkStream(Protocol):
+    """An open upstream stream: the status is known, chunks are parsed dicts."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Engine(Protocol):
+    """`route` is the OpenAI path below the base URL: chat/completions, completions, embeddings."""
+
+    supports_stream: bool
+
+    async def call(self, route: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def open_stream(self, route: str, body: dict[str, Any]) -> ChunkStream: ...
+
+
+EngineFactory = Callable[[EndpointConfig, httpx.AsyncClient], Engine]
+_REGISTRY: dict[str, EngineFactory] = {}
+
+
+def register(kind: str, factory: EngineFactory) -> None:
+    _REGISTRY[kind] = factory
+
+
+def build(config: EndpointConfig, client: httpx.AsyncClient) -> Engine:
+    factory = _REGISTRY.get(config.engine)
+    if factory is None:
+        return Unavailable(f"engine '{config.engine}' is not available in this build")
+    return factory(config, client)
+
+
+class Unavailable:
+    """Stands in for an engine kind that is not installed, so the catalogue still loads."""
+
+    supports_stream = True
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def call(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise ServiceUnavailable(self.reason, code="engine_unavailable")
+
+    async def open_stream(self, route: str, body: dict[str, Any]) -> ChunkStream:
+        raise ServiceUnavailable(self.reason, code="engine_unavailable")
+
+
+def _register_builtins() -> None:
+    from mxn.engines import openai_compat
+
+    register("openai", openai_compat.OpenAICompatEngine)
+
+
+_register_builtins()

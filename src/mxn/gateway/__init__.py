@@ -1,0 +1,1 @@
+"""The request path: routes for /v1, /maas, /api, /admin and the steps they chain."""

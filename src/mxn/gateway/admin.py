@@ -1,0 +1,513 @@
+"""/admin: the operator's API (MXN_ADMIN_KEY or an admin user's key). It mirrors the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from mxn.accounts import service as accounts
+from mxn.accounts.passwords import hash_password
+from mxn.catalog.apply import apply_catalog, endpoint_columns
+from mxn.catalog.loader import CatalogError, parse_catalog
+from mxn.catalog.schema import ChipSpec, DeploymentSpec, EndpointSpec, ModelSpec, Price, Timeouts
+from mxn.errors import Conflict, InvalidRequest, NotFound
+from mxn.gateway.auth import admin_principal
+from mxn.gateway.responses import json_response
+from mxn.gateway.state import AppState
+from mxn.store.models import ApiKey, Chip, Deployment, Endpoint, Model, User
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserCreate(Body):
+    name: str
+    password: str | None = Field(default=None, min_length=8)
+    admin: bool = False
+    group: str = "default"
+    quota: int | None = Field(default=None, ge=0)
+
+
+class UserPatch(Body):
+    password: str | None = Field(default=None, min_length=8)
+    enabled: bool | None = None
+    group: str | None = None
+    quota: int | None = Field(default=None, ge=0)
+    role: str | None = Field(default=None, pattern="^(admin|user)$")
+
+
+class KeyCreate(Body):
+    user: str
+    name: str = ""
+    models: list[str] | None = None
+    chips: list[str] | None = None
+    expires: str | None = None
+    ips: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=0)
+    rpd: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    quota: int | None = Field(default=None, ge=0)
+
+
+class KeyPatch(Body):
+    name: str | None = None
+    enabled: bool | None = None
+    models: list[str] | None = None
+    chips: list[str] | None = None
+
+
+class ChipPatch(Body):
+    name: str | None = None
+    alias: str | None = None
+
+
+class ModelPatch(Body):
+    context_length: int | None = Field(default=None, ge=1)
+    tokenizer: str | None = None
+    kind: str | None = Field(default=None, pattern="^(chat|completion|embedding)$")
+    family: str | None = None
+    public: bool | None = None
+    defaults: dict[str, Any] | None = None
+
+
+class DeploymentPatch(Body):
+    price: Price | None = None
+    disclosure: dict[str, Any] | None = None
+
+
+class EndpointCreate(EndpointSpec):
+    deployment: str
+
+
+class EndpointPatch(Body):
+    url: str | None = None
+    upstream_model: str | None = None
+    api_key: str | None = None
+    stream_format: str | None = Field(default=None, pattern="^(sse|jsonl)$")
+    weight: int | None = Field(default=None, ge=0, le=1000)
+    priority: int | None = None
+    state: str | None = Field(default=None, pattern="^(running|unhealthy|stopped|deploying)$")
+    health_path: str | None = None
+    timeouts: Timeouts | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
+    supports: list[str] | None = None
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.mxn
+    return state
+
+
+async def _get(s: AsyncSession, table: type[Any], ident: Any, what: str) -> Any:
+    row = await s.get(table, ident)
+    if row is None:
+        raise NotFound(f"no {what} '{ident}'", code=f"{what}_not_found")
+    return row
+
+
+def _patch(row: object, body: BaseModel) -> None:
+    for name, value in body.model_dump(exclude_unset=True).items():
+        setattr(row, name, value)
+
+
+async def _commit(request: Request, s: AsyncSession, catalog: bool = True) -> None:
+    try:
+        await s.commit()
+    except IntegrityError:
+        await s.rollback()
+        raise Conflict("that would clash with an existing object or leave a dangling reference")
+    if catalog:
+        await _state(request).reload_catalog()
+
+
+def user_view(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "name": u.name,
+        "role": u.role,
+        "group": u.group,
+        "quota": u.quota,
+        "enabled": u.enabled,
+        "created_at": u.created_at,
+    }
+
+
+def chip_view(c: Chip) -> dict[str, Any]:
+    return {"id": c.id, "name": c.name, "alias": c.alias}
+
+
+def model_view(m: Model) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "family": m.family,
+        "kind": m.kind,
+        "context_length": m.context_length,
+        "tokenizer": m.tokenizer,
+        "public": m.public,
+        "defaults": m.defaults,
+    }
+
+
+def deployment_view(d: Deployment) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": f"{d.model}@{d.chip}",
+        "model": d.model,
+        "chip": d.chip,
+        "moderation": d.moderation,
+        "price": {"input": d.price_input, "output": d.price_output},
+        "disclosure": d.disclosure,
+    }
+
+
+def endpoint_view(e: Endpoint, deployment: str) -> dict[str, Any]:
+    # The upstream's api_key is a secret of the operator's: never echoed back.
+    return {
+        "id": e.id,
+        "deployment": deployment,
+        "engine": e.engine,
+        "url": e.url,
+        "path": e.path,
+        "upstream_model": e.upstream_model,
+        "has_api_key": bool(e.api_key),
+        "stream_format": e.stream_format,
+        "state": e.state,
+        "weight": e.weight,
+        "priority": e.priority,
+        "source": e.source,
+        "health_path": e.health_path,
+        "timeouts": e.timeouts,
+        "max_concurrency": e.max_concurrency,
+        "supports": e.supports,
+    }
+
+
+# --- users ---
+@router.get("/users")
+async def list_users(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        rows = (await s.execute(select(User).order_by(User.id))).scalars()
+        return json_response({"data": [user_view(u) for u in rows]})
+
+
+@router.post("/users", status_code=201)
+async def create_user(body: UserCreate, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        user = await accounts.create_user(
+            s, body.name, body.password, admin=body.admin, group=body.group, quota=body.quota
+        )
+        await _commit(request, s, catalog=False)
+        return json_response(user_view(user), 201)
+
+
+@router.get("/users/{user_id}")
+async def get_user(user_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(user_view(await _get(s, User, user_id, "user")))
+
+
+@router.patch("/users/{user_id}")
+async def patch_user(user_id: int, body: UserPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        user = await _get(s, User, user_id, "user")
+        changes = body.model_dump(exclude_unset=True)
+        if "password" in changes:
+            user.password_hash = hash_password(changes.pop("password"))
+        for name, value in changes.items():
+            setattr(user, name, value)
+        await _commit(request, s, catalog=False)
+        return json_response(user_view(user))
+
+
+@router.delete("/users/{user_id}")
+async def delete_user(user_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, User, user_id, "user"))
+        await _commit(request, s, catalog=False)
+        return json_response({"id": user_id, "deleted": True})
+
+
+# --- keys ---
+@router.get("/keys")
+async def list_keys(request: Request, user: str | None = None) -> Response:
+    async with _state(request).sessions() as s:
+        q = select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.id)
+        if user:
+            q = q.where(User.name == user)
+        return json_response({"data": [accounts.key_view(k, n) for k, n in (await s.execute(q)).all()]})
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreate, request: Request) -> Response:
+    state = _state(request)
+    async with state.sessions() as s:
+        user = await accounts.user_by_name(s, body.user)
+        limits = body.model_dump(include={"rpm", "rpd", "tpm", "concurrency", "quota"})
+        row, key = await accounts.create_key(
+            s,
+            state.secret,
+            user,
+            name=body.name,
+            models=body.models,
+            chips=body.chips,
+            expires=body.expires,
+            ips=body.ips,
+            limits=limits,
+        )
+        await _commit(request, s, catalog=False)
+        return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(accounts.key_view(await _get(s, ApiKey, key_id, "key")))
+
+
+@router.patch("/keys/{key_id}")
+async def patch_key(key_id: int, body: KeyPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        row = await _get(s, ApiKey, key_id, "key")
+        _patch(row, body)
+        await _commit(request, s, catalog=False)
+        return json_response(accounts.key_view(row))
+
+
+@router.delete("/keys/{key_id}")
+async def delete_key(key_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, ApiKey, key_id, "key"))
+        await _commit(request, s, catalog=False)
+        return json_response({"id": key_id, "deleted": True})
+
+
+# --- catalogue: chips, models, deployments, endpoints, and whole files ---
+@router.post("/catalog")
+async def apply_catalog_file(request: Request) -> Response:
+    """Apply a catalogue YAML document (the request body), exactly as `mxn serve --catalog` does."""
+    state = _state(request)
+    text = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        spec = parse_catalog(text, "request body")
+    except CatalogError as exc:
+        raise InvalidRequest(str(exc), code="invalid_catalog")
+    async with state.sessions() as s:
+        counts = await apply_catalog(s, spec)
+    await state.reload_catalog()
+    return json_response({"applied": counts})
+
+
+@router.get("/chips")
+async def list_chips(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response({"data": [chip_view(c) for c in (await s.execute(select(Chip))).scalars()]})
+
+
+@router.post("/chips", status_code=201)
+async def create_chip(body: ChipSpec, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        if await s.get(Chip, body.id):
+            raise Conflict(f"chip '{body.id}' already exists")
+        chip = Chip(id=body.id, name=body.name or body.id, alias=body.alias)
+        s.add(chip)
+        await _commit(request, s)
+        return json_response(chip_view(chip), 201)
+
+
+@router.get("/chips/{chip_id}")
+async def get_chip(chip_id: str, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(chip_view(await _get(s, Chip, chip_id, "chip")))
+
+
+@router.patch("/chips/{chip_id}")
+async def patch_chip(chip_id: str, body: ChipPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        chip = await _get(s, Chip, chip_id, "chip")
+        _patch(chip, body)
+        await _commit(request, s)
+        return json_response(chip_view(chip))
+
+
+@router.delete("/chips/{chip_id}")
+async def delete_chip(chip_id: str, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, Chip, chip_id, "chip"))
+        await _commit(request, s)
+        return json_response({"id": chip_id, "deleted": True})
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response({"data": [model_view(m) for m in (await s.execute(select(Model))).scalars()]})
+
+
+@router.post("/models", status_code=201)
+async def create_model(body: ModelSpec, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        if await s.get(Model, body.name):
+            raise Conflict(f"model '{body.name}' already exists")
+        model = Model(**body.model_dump())
+        s.add(model)
+        await _commit(request, s)
+        return json_response(model_view(model), 201)
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(model_view(await _get(s, Model, name, "model")))
+
+
+@router.patch("/models/{name}")
+async def patch_model(name: str, body: ModelPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        model = await _get(s, Model, name, "model")
+        merged = ModelSpec.model_validate({**model_view(model), **body.model_dump(exclude_unset=True)})
+        _patch(model, ModelPatch.model_validate(merged.model_dump(exclude={"name"}), strict=False))
+        await _commit(request, s)
+        return json_response(model_view(model))
+
+
+@router.delete("/models/{name}")
+async def delete_model(name: str, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, Model, name, "model"))
+        await _commit(request, s)
+        return json_response({"id": name, "deleted": True})
+
+
+async def _deployment_by_name(s: AsyncSession, name: str) -> Deployment:
+    model, _, chip = name.partition("@")
+    row = (await s.execute(select(Deployment).where(Deployment.model == model, Deployment.chip == chip))).scalar()
+    if row is None:
+        raise NotFound(f"no deployment '{name}' (write it as model@chip)", code="deployment_not_found")
+    return row
+
+
+@router.get("/deployments")
+async def list_deployments(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        rows = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars()
+        return json_response({"data": [deployment_view(d) for d in rows]})
+
+
+@router.post("/deployments", status_code=201)
+async def create_deployment(body: DeploymentSpec, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await _get(s, Model, body.model, "model")
+        await _get(s, Chip, body.chip, "chip")
+        taken = select(Deployment.id).where(Deployment.model == body.model, Deployment.chip == body.chip)
+        if (await s.execute(taken)).first():
+            raise Conflict(f"deployment {body.model}@{body.chip} already exists")
+        row = Deployment(
+            model=body.model,
+            chip=body.chip,
+            moderation=body.moderation,
+            price_input=body.price.input,
+            price_output=body.price.output,
+            disclosure=body.disclosure,
+        )
+        s.add(row)
+        await s.flush()
+        for spec in body.endpoints:
+            s.add(Endpoint(deployment_id=row.id, source="admin", **endpoint_columns(spec)))
+        await _commit(request, s)
+        return json_response(deployment_view(row), 201)
+
+
+@router.get("/deployments/{dep_id}")
+async def get_deployment(dep_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(deployment_view(await _get(s, Deployment, dep_id, "deployment")))
+
+
+@router.patch("/deployments/{dep_id}")
+async def patch_deployment(dep_id: int, body: DeploymentPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        row = await _get(s, Deployment, dep_id, "deployment")
+        if body.price is not None:
+            row.price_input, row.price_output = body.price.input, body.price.output
+        if "disclosure" in body.model_fields_set:
+            row.disclosure = body.disclosure
+        await _commit(request, s)
+        return json_response(deployment_view(row))
+
+
+@router.delete("/deployments/{dep_id}")
+async def delete_deployment(dep_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, Deployment, dep_id, "deployment"))
+        await _commit(request, s)
+        return json_response({"id": dep_id, "deleted": True})
+
+
+async def _endpoint_rows(s: AsyncSession, where: Any = None) -> list[tuple[Endpoint, str]]:
+    q = select(Endpoint, Deployment.model, Deployment.chip).join(Deployment).order_by(Endpoint.id)
+    if where is not None:
+        q = q.where(where)
+    return [(e, f"{m}@{c}") for e, m, c in (await s.execute(q)).all()]
+
+
+@router.get("/endpoints")
+async def list_endpoints(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response({"data": [endpoint_view(e, d) for e, d in await _endpoint_rows(s)]})
+
+
+@router.post("/endpoints", status_code=201)
+async def create_endpoint(body: EndpointCreate, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        dep = await _deployment_by_name(s, body.deployment)
+        row = Endpoint(
+            deployment_id=dep.id,
+            source="admin",
+            **endpoint_columns(EndpointSpec.model_validate(body.model_dump(exclude={"deployment"}))),
+        )
+        s.add(row)
+        await _commit(request, s)
+        return json_response(endpoint_view(row, body.deployment), 201)
+
+
+@router.get("/endpoints/{ep_id}")
+async def get_endpoint(ep_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        rows = await _endpoint_rows(s, Endpoint.id == ep_id)
+        if not rows:
+            raise NotFound(f"no endpoint '{ep_id}'", code="endpoint_not_found")
+        return json_response(endpoint_view(*rows[0]))
+
+
+@router.patch("/endpoints/{ep_id}")
+async def patch_endpoint(ep_id: int, body: EndpointPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        rows = await _endpoint_rows(s, Endpoint.id == ep_id)
+        if not rows:
+            raise NotFound(f"no endpoint '{ep_id}'", code="endpoint_not_found")
+        row, dep = rows[0]
+        changes = body.model_dump(exclude_unset=True)
+        if body.timeouts is not None:
+            changes["timeouts"] = body.timeouts.model_dump(exclude_none=True)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await _commit(request, s)
+        return json_response(endpoint_view(row, dep))
+
+
+@router.delete("/endpoints/{ep_id}")
+async def delete_endpoint(ep_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, Endpoint, ep_id, "endpoint"))
+        await _commit(request, s)
+        return json_response({"id": ep_id, "deleted": True})

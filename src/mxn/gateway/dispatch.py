@@ -1,0 +1,103 @@
+"""Send a prepared request to a deployment's endpoints, failing over while nothing has reached the client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from mxn.catalog.registry import EndpointInfo
+from mxn.engines import ChunkStream
+from mxn.errors import MxnError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from mxn.gateway.normalize import StreamNormalizer
+from mxn.gateway.params import Prepared, for_endpoint
+
+log = logging.getLogger("mxn.dispatch")
+T = TypeVar("T")
+# Worth another endpoint: it may well succeed where this one failed.
+RETRYABLE = (UpstreamError, UpstreamTimeout, RateLimited, ServiceUnavailable)
+
+
+async def _failover(
+    candidates: list[EndpointInfo], prepared: Prepared, attempt: Callable[[EndpointInfo, dict[str, Any]], Awaitable[T]]
+) -> T:
+    last: MxnError | None = None
+    for endpoint in candidates:
+        try:
+            return await attempt(endpoint, for_endpoint(prepared, endpoint))
+        except RETRYABLE as exc:
+            log.warning("endpoint %s failed (%s); %s", endpoint.id, exc.message, "trying next" if last else "")
+            last = exc
+    if last is None:
+        raise ServiceUnavailable("no endpoint to send this request to")
+    raise last
+
+
+async def call(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> dict[str, Any]:
+    return await _failover(candidates, prepared, lambda e, body: e.engine.call(route, body))
+
+
+async def open_stream(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> ChunkStream:
+    """A stream whose first chunk has already arrived: until then, failing over is still invisible."""
+
+    async def attempt(endpoint: EndpointInfo, body: dict[str, Any]) -> ChunkStream:
+        stream = await endpoint.engine.open_stream(route, body)
+        chunks = aiter(stream)
+        try:
+            first = await anext(chunks, None)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return Primed(stream, chunks, first)
+
+    return await _failover(candidates, prepared, attempt)
+
+
+class Primed:
+    """A stream with its first chunk read ahead."""
+
+    def __init__(self, stream: ChunkStream, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None):
+        self.stream, self.chunks, self.first = stream, chunks, first
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        if self.first is not None:
+            yield self.first
+        async for chunk in self.chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def sse_events(stream: ChunkStream, norm: StreamNormalizer, include_usage: bool) -> AsyncIterator[bytes]:
+    """The client's stream. Once it has begun, an error is an event, then [DONE]; never a hang."""
+    try:
+        async for chunk in stream:
+            if "error" in chunk and not chunk.get("choices"):
+                yield sse({"error": _error_body(chunk["error"])})
+                break
+            out = norm.chunk(chunk)
+            if out is not None:
+                yield sse(out)
+        else:
+            if include_usage:
+                yield sse(norm.usage_chunk())
+    except MxnError as exc:
+        yield sse(exc.body())
+    finally:
+        await stream.aclose()
+    yield DONE
+
+
+def _error_body(err: Any) -> dict[str, Any]:
+    message = err.get("message") if isinstance(err, dict) else str(err)
+    return {"message": f"upstream error: {message}", "type": "upstream_error", "param": None, "code": "upstream_error"}

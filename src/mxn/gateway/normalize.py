@@ -1,0 +1,144 @@
+"""Make whatever an upstream sent into OpenAI's shapes (SPEC §3), filling what it left out."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from mxn.tokens import Tokenizer
+
+FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_FINISH_ALIASES = {
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "end_turn": "stop",
+    "abort": "stop",
+    "max_tokens": "length",
+    "max_length": "length",
+    "model_length": "length",
+    "tool_use": "tool_calls",
+}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def finish_reason(value: Any) -> str | None:
+    if value is None or value in FINISH_REASONS:
+        return value
+    return _FINISH_ALIASES.get(str(value).lower(), "stop")
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The upstream's usage when it is complete; our own count for whatever it omitted."""
+    if isinstance(upstream, dict):
+        prompt = upstream.get("prompt_tokens")
+        completion = upstream.get("completion_tokens")
+        prompt = prompt if isinstance(prompt, int) else prompt_tokens
+        completion = completion if isinstance(completion, int) else completion_tokens
+        return _usage(prompt, completion)
+    return _usage(prompt_tokens, completion_tokens)
+
+
+def response(data: dict[str, Any], *, kind: str, model: str, prompt_tokens: int, tok: Tokenizer) -> dict[str, Any]:
+    """A complete (non-stream) chat or text completion."""
+    chat = kind == "chat"
+    data["id"] = data.get("id") or new_id("chatcmpl" if chat else "cmpl")
+    data["object"] = "chat.completion" if chat else "text_completion"
+    data["created"] = data.get("created") or int(time.time())
+    data["model"] = model
+    completion = 0
+    choices = data.get("choices") or []
+    for i, choice in enumerate(choices):
+        choice.setdefault("index", i)
+        choice.setdefault("logprobs", None)
+        choice["finish_reason"] = finish_reason(choice.get("finish_reason")) or "stop"
+        if chat:
+            message = choice.setdefault("message", {})
+            message.setdefault("role", "assistant")
+            message.setdefault("content", None)
+            message.setdefault("refusal", None)
+            text = message.get("content")
+        else:
+            text = choice.setdefault("text", "")
+        completion += tok.count(text) if isinstance(text, str) else 0
+    data["choices"] = choices
+    data["usage"] = settle_usage(data.get("usage"), prompt_tokens, completion)
+    return data
+
+
+class StreamNormalizer:
+    """Fixes one stream chunk at a time; keeps the stream's id and created, and counts its text."""
+
+    def __init__(self, *, kind: str, model: str, prompt_tokens: int, tok: Tokenizer) -> None:
+        self.chat = kind == "chat"
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.tok = tok
+        self.id: str | None = None
+        self.created: int | None = None
+        self.texts: dict[int, list[str]] = {}
+        self.upstream_usage: dict[str, Any] | None = None
+        self.finished = False
+
+    def chunk(self, c: dict[str, Any]) -> dict[str, Any] | None:
+        """The chunk to send on, or None when it carried nothing for the client (a usage-only chunk)."""
+        if self.id is None:
+            self.id = c.get("id") or new_id("chatcmpl" if self.chat else "cmpl")
+            self.created = c.get("created") or int(time.time())
+        usage = c.pop("usage", None)
+        if isinstance(usage, dict):
+            self.upstream_usage = usage
+        choices = c.get("choices") or []
+        if not choices:
+            return None
+        c["id"] = self.id
+        c["object"] = "chat.completion.chunk" if self.chat else "text_completion"
+        c["created"] = self.created
+        c["model"] = self.model
+        for i, choice in enumerate(choices):
+            index = choice.setdefault("index", i)
+            choice.setdefault("logprobs", None)
+            choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
+            if choice["finish_reason"] is not None:
+                self.finished = True
+            if self.chat:
+                text = (choice.setdefault("delta", {}) or {}).get("content")
+            else:
+                text = choice.setdefault("text", "")
+            if isinstance(text, str) and text:
+                self.texts.setdefault(index, []).append(text)
+        return c
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(self.tok.count("".join(parts)) for parts in self.texts.values())
+        return settle_usage(self.upstream_usage, self.prompt_tokens, completion)
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """OpenAI's closing chunk for `stream_options.include_usage`: no choices, the usage."""
+        return {
+            "id": self.id or new_id("chatcmpl" if self.chat else "cmpl"),
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created or int(time.time()),
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage(),
+        }
+
+
+def embeddings(data: dict[str, Any], *, model: str, prompt_tokens: int) -> dict[str, Any]:
+    items = data.get("data") or []
+    for i, item in enumerate(items):
+        item.setdefault("object", "embedding")
+        item.setdefault("index", i)
+    usage = data.get("usage")
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    prompt = prompt if isinstance(prompt, int) else prompt_tokens
+    return {"object": "list", "data": items, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}

@@ -1,0 +1,114 @@
+"""Fill a request from the model's defaults, check it against the context, and shape it per endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mxn.catalog.registry import Cell, EndpointInfo
+from mxn.errors import ContextLengthExceeded, InvalidRequest
+from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest
+
+# Parameters an upstream may not take; an endpoint with `supports:` gets only those it lists.
+OPTIONAL_PARAMS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "length_penalty",
+        "ignore_eos",
+        "use_beam_search",
+        "best_of",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "stream_options",
+        "max_completion_tokens",
+        "user",
+    }
+)
+
+
+@dataclass(slots=True)
+class Prepared:
+    body: dict[str, Any]
+    prompt_tokens: int
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+
+
+def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    prompt_tokens = cell.model.tokenizer.count_messages(messages)
+    return _prepare(req, raw, cell, prompt_tokens, prompt_tokens)
+
+
+def prepare_completion(req: CompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
+    tok = cell.model.tokenizer
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        counts = [tok.count(prompt)]
+    elif prompt and isinstance(prompt[0], int):
+        counts = [len(prompt)]
+    else:
+        counts = [tok.count(p) for p in prompt if isinstance(p, str)]
+    return _prepare(req, raw, cell, sum(counts), max(counts))
+
+
+def _prepare(
+    req: ChatCompletionRequest | CompletionRequest, raw: dict[str, Any], cell: Cell, prompt_tokens: int, longest: int
+) -> Prepared:
+    req.check()
+    body = dict(raw)
+    for name, value in cell.model.defaults.items():
+        if body.get(name) is None:
+            body[name] = value
+    body["model"] = cell.model.name
+    _check_sampling(body)
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    context = cell.model.context_length
+    if max_tokens is not None and longest + max_tokens > context:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{longest + max_tokens} tokens ({longest} in the messages, {max_tokens} in the completion).",
+            param="messages",
+        )
+    if max_tokens is None:
+        if longest >= context:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens. However, your messages resulted in "
+                f"{longest} tokens.",
+                param="messages",
+            )
+        if cell.model.tokenizer.fallback_note is None:
+            # Up to the context limit, as vLLM does; only when our count is the model's own.
+            max_tokens = body["max_tokens"] = context - longest
+    return Prepared(body, prompt_tokens, max_tokens, bool(req.stream), req.include_usage)
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    n = body.get("n") or 1
+    if n > 1 and not body.get("use_beam_search") and body.get("temperature") == 0:
+        raise InvalidRequest("'n' greater than 1 needs sampling ('temperature' above 0) or beam search", param="n")
+
+
+def for_endpoint(prepared: Prepared, endpoint: EndpointInfo) -> dict[str, Any]:
+    """The body one endpoint gets: its own model name, and only the parameters it takes."""
+    body = dict(prepared.body)
+    if endpoint.upstream_model:
+        body["model"] = endpoint.upstream_model
+    if prepared.stream:
+        # Ask for usage so that accounting is exact; the client sees it only if it asked too.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if endpoint.supports is not None:
+        if "max_completion_tokens" in body and "max_completion_tokens" not in endpoint.supports:
+            body.setdefault("max_tokens", body["max_completion_tokens"])
+        for name in OPTIONAL_PARAMS - endpoint.supports:
+            body.pop(name, None)
+    return body

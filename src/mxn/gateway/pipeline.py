@@ -1,0 +1,103 @@
+"""The request path for generation: authenticate → parse → resolve the cell → prepare → dispatch → normalise.
+
+Accounting, limits and moderation plug in here as further steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from mxn.accounts.service import Principal
+from mxn.catalog.registry import Cell
+from mxn.errors import InvalidRequest
+from mxn.gateway import dispatch, normalize
+from mxn.gateway.auth import api_principal
+from mxn.gateway.body import read_json, validate
+from mxn.gateway.params import Prepared, prepare_chat, prepare_completion
+from mxn.gateway.responses import json_response
+from mxn.gateway.state import AppState
+from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# A cell is `(model, chip)` from a /maas path, or None: the body's `model` (`name` or `name@chip`).
+CellRef = tuple[str, str] | None
+
+
+async def begin(request: Request, ref: CellRef) -> tuple[Principal, dict[str, Any], Cell]:
+    """The steps every generation route starts with."""
+    state: AppState = request.app.state.mxn
+    principal = await api_principal(request)
+    raw = await read_json(request, state.settings.max_body_bytes, state.settings.max_json_depth)
+    cell = resolve_cell(state, ref, raw.get("model"))
+    principal.check_cell(cell.model.name, cell.chip.id)
+    return principal, raw, cell
+
+
+def resolve_cell(state: AppState, ref: CellRef, model: Any) -> Cell:
+    if ref is not None:
+        return state.catalog.cell(*ref)
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
+    return state.catalog.resolve(model)
+
+
+def _pin(principal: Principal) -> int | None:
+    return principal.pinned_endpoint if principal.is_admin else None
+
+
+def _need_generative(cell: Cell) -> None:
+    if cell.model.kind == "embedding":
+        raise InvalidRequest(
+            f"'{cell.model.name}' is an embedding model; use /v1/embeddings", param="model", code="wrong_model_kind"
+        )
+
+
+async def chat_completions(request: Request, ref: CellRef = None) -> Response:
+    principal, raw, cell = await begin(request, ref)
+    _need_generative(cell)
+    req = validate(ChatCompletionRequest, raw)
+    return await _generate(cell, principal, prepare_chat(req, raw, cell), "chat", "chat/completions")
+
+
+async def completions(request: Request, ref: CellRef = None) -> Response:
+    principal, raw, cell = await begin(request, ref)
+    _need_generative(cell)
+    req = validate(CompletionRequest, raw)
+    return await _generate(cell, principal, prepare_completion(req, raw, cell), "text", "completions")
+
+
+async def _generate(cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str) -> Response:
+    candidates = cell.candidates(_pin(principal))
+    tok = cell.model.tokenizer
+    if prepared.stream:
+        stream = await dispatch.open_stream(candidates, route, prepared)
+        norm = normalize.StreamNormalizer(
+            kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
+        )
+        return StreamingResponse(
+            dispatch.sse_events(stream, norm, prepared.include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    data = await dispatch.call(candidates, route, prepared)
+    return json_response(
+        normalize.response(data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
+    )
+
+
+async def embeddings(request: Request) -> Response:
+    principal, raw, cell = await begin(request, None)
+    if cell.model.kind != "embedding":
+        raise InvalidRequest(f"'{cell.model.name}' is not an embedding model", param="model", code="wrong_model_kind")
+    req = validate(EmbeddingRequest, raw)
+    req.check()
+    inputs = req.input if isinstance(req.input, list) else [req.input]
+    tok = cell.model.tokenizer
+    prompt_tokens = sum(tok.count(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1) for x in inputs)
+    body = dict(raw, model=cell.model.name)
+    prepared = Prepared(body, prompt_tokens, None, False, False)
+    data = await dispatch.call(cell.candidates(_pin(principal)), "embeddings", prepared)
+    return json_response(normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens))

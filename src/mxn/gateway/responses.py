@@ -1,0 +1,59 @@
+"""JSON responses with orjson, and the one place errors become HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mxn.errors import InvalidRequest, MxnError, NotFound, ServiceUnavailable
+
+log = logging.getLogger("mxn")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_response(exc: MxnError) -> Response:
+    return Response(exc.json(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+async def on_mxn_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MxnError)
+    return error_response(exc)
+
+
+async def on_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+    return error_response(InvalidRequest(message, param=param))
+
+
+async def on_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("no such route", code="unknown_route"))
+    err = MxnError(str(exc.detail), code=f"http_{exc.status_code}")
+    return Response(err.json(), status_code=exc.status_code, media_type="application/json")
+
+
+async def on_unexpected(_request: Request, exc: Exception) -> Response:
+    # The details go to the server log, never to the client.
+    log.exception("unhandled error: %s", type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        return error_response(ServiceUnavailable("the server is busy; try again", code="busy"))
+    return error_response(MxnError("The server had an error while processing your request."))

@@ -1,0 +1,133 @@
+"""Routes of the OpenAI (/v1), GenStudio M×N (/maas) and user (/api) surfaces, and health."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from mxn.errors import ServiceUnavailable
+from mxn.gateway import pipeline, views
+from mxn.gateway.auth import api_principal
+from mxn.gateway.body import validate
+from mxn.gateway.responses import json_response
+from mxn.gateway.state import AppState
+from mxn.protocol.maas import ModelDetailsRequest, TokenCountRequest
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.mxn
+    return state
+
+
+# --- OpenAI form: the chip is chosen by routing, or named as `model@chip` ---
+@router.post("/v1/chat/completions", tags=["openai"])
+async def v1_chat(request: Request) -> Response:
+    return await pipeline.chat_completions(request)
+
+
+@router.post("/v1/completions", tags=["openai"])
+async def v1_completions(request: Request) -> Response:
+    return await pipeline.completions(request)
+
+
+@router.post("/v1/embeddings", tags=["openai"])
+async def v1_embeddings(request: Request) -> Response:
+    return await pipeline.embeddings(request)
+
+
+@router.get("/v1/models", tags=["openai"])
+async def v1_models(request: Request) -> Response:
+    principal = await api_principal(request)
+    data = views.model_list(_state(request).catalog, _STARTED, include_private=principal.is_admin)
+    return json_response({"object": "list", "data": data})
+
+
+# --- GenStudio M×N form: one exact cell per base URL ---
+@router.post("/maas/{model}/{chip}/chat/completions", tags=["maas"])
+async def maas_chat(model: str, chip: str, request: Request) -> Response:
+    return await pipeline.chat_completions(request, (model, chip))
+
+
+@router.post("/maas/{model}/{chip}/completions", tags=["maas"])
+async def maas_completions(model: str, chip: str, request: Request) -> Response:
+    return await pipeline.completions(request, (model, chip))
+
+
+@router.post("/maas/{model}/{chip}/token_count", tags=["maas"])
+async def maas_token_count(model: str, chip: str, request: Request) -> Response:
+    _principal, raw, cell = await pipeline.begin(request, (model, chip))
+    req = validate(TokenCountRequest, raw)
+    return json_response(
+        {"model": cell.model.name, "prompt": req.prompt, "token_count": cell.model.tokenizer.count(req.prompt)}
+    )
+
+
+@router.post("/maas/{model}/{chip}/get_model_details", tags=["maas"])
+async def maas_model_details(model: str, chip: str, request: Request) -> Response:
+    _principal, raw, cell = await pipeline.begin(request, (model, chip))
+    validate(ModelDetailsRequest, raw)
+    tok = cell.model.tokenizer
+    return json_response(
+        {
+            "model": cell.model.name,
+            "chiptype": cell.chip.id,
+            "context_length": cell.model.context_length,
+            "tokenizer": tok.name,
+            "tokenizer_note": tok.fallback_note,
+            "state": cell.state,
+            "hardware": cell.disclosure,
+        }
+    )
+
+
+@router.get("/maas/{model}/{chip}/models", tags=["maas"])
+async def maas_models(model: str, chip: str, request: Request) -> Response:
+    principal = await api_principal(request)
+    cell = _state(request).catalog.cell(model, chip)
+    principal.check_cell(cell.model.name, cell.chip.id)
+    entry = views.model_object(cell.model, _STARTED)
+    return json_response({"object": "list", "data": [entry, views.model_object(cell.model, _STARTED, cell)]})
+
+
+# --- GenStudio console API: the filterable M×N catalogue ---
+@router.get("/api/maas/user/v2/model/list", tags=["api"])
+async def genstudio_model_list(
+    request: Request, family: str | None = None, chip: str | None = None, kind: str | None = None
+) -> Response:
+    principal = await api_principal(request)
+    catalog = _state(request).catalog
+    entries = []
+    for model in catalog.models.values():
+        if (family and model.family != family) or (kind and model.kind != kind):
+            continue
+        if not (model.public or principal.is_admin):
+            continue
+        cells = [c for c in catalog.cells_of(model.name) if not chip or c.chip.id == chip]
+        if cells:
+            entries.append(views.genstudio_entry(model, cells))
+    return json_response({"code": 0, "message": "success", "data": {"model_list": entries, "total": len(entries)}})
+
+
+# --- health ---
+@router.get("/healthz", tags=["health"])
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", tags=["health"])
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    try:
+        async with state.sessions() as s:
+            await s.connection()
+    except Exception:
+        raise ServiceUnavailable("the store is not reachable", code="not_ready")
+    cells = state.catalog.cells.values()
+    return json_response(
+        {"status": "ready", "deployments": len(cells), "running": sum(c.state == "running" for c in cells)}
+    )

@@ -1,0 +1,62 @@
+"""How catalogue objects look on the wire: OpenAI model objects and GenStudio list entries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mxn.catalog.registry import Catalog, Cell, ModelInfo
+
+
+def model_object(model: ModelInfo, created: int, cell: Cell | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": cell.name if cell else model.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "mxn",
+        "kind": model.kind,
+        "context_length": model.context_length,
+    }
+    if cell is not None:
+        data.update(
+            chip=cell.chip.id,
+            chip_name=cell.chip.display,
+            state=cell.state,
+            root=model.name,
+            price={"input": cell.price_input, "output": cell.price_output},
+            hardware=cell.disclosure,
+        )
+    return data
+
+
+def model_list(catalog: Catalog, created: int, *, include_private: bool) -> list[dict[str, Any]]:
+    out = []
+    for model in catalog.models.values():
+        if not (model.public or include_private):
+            continue
+        cells = catalog.cells_of(model.name)
+        if not cells:
+            continue
+        out.append(model_object(model, created))
+        out.extend(model_object(model, created, c) for c in cells)
+    return out
+
+
+def genstudio_entry(model: ModelInfo, cells: list[Cell]) -> dict[str, Any]:
+    return {
+        "model_name": model.name,
+        "family": model.family,
+        "kind": model.kind,
+        "context_length": model.context_length,
+        "public": model.public,
+        "tag_list": [
+            {
+                "tag_type": "gpu",
+                "tag_name": c.chip.display,
+                # A JSON string inside JSON, spaced as GenStudio sends it: '{"chipType": "nvidia"}'.
+                "tag_extend_info": json.dumps({"chipType": c.chip.id}),
+                "state": c.state,
+            }
+            for c in cells
+        ],
+    }

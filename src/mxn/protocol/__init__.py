@@ -1,0 +1,1 @@
+"""The OpenAI and MaaS wire protocol: request models and their validation."""

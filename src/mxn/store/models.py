@@ -1,0 +1,119 @@
+"""SQLAlchemy tables. Alembic migrations in `migrations/` are the schema's source of truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class KV(Base):
+    """Small settings the store keeps for every replica (e.g. the generated secret)."""
+
+    __tablename__ = "kv"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    group: Mapped[str] = mapped_column("group_name", String(64), default="default")
+    quota: Mapped[int | None] = mapped_column(BigInteger)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    # First characters of the key, so that a user can tell keys apart; never enough to use.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    models: Mapped[list[str] | None] = mapped_column(JSON)
+    chips: Mapped[list[str] | None] = mapped_column(JSON)
+    ips: Mapped[list[str] | None] = mapped_column(JSON)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    rpd: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    quota: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Chip(Base):
+    __tablename__ = "chips"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str | None] = mapped_column(String(64))
+
+
+class Model(Base):
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    family: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="chat")
+    context_length: Mapped[int] = mapped_column(Integer, default=4096)
+    tokenizer: Mapped[str | None] = mapped_column(String(256))
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+    defaults: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("model", "chip"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.name", ondelete="CASCADE"))
+    chip: Mapped[str] = mapped_column(ForeignKey("chips.id", ondelete="CASCADE"))
+    moderation: Mapped[bool] = mapped_column(Boolean, default=True)
+    price_input: Mapped[float] = mapped_column(Float, default=0.0)
+    price_output: Mapped[float] = mapped_column(Float, default=0.0)
+    disclosure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    # "catalog" endpoints are owned by the catalogue file (re-applying it updates or
+    # removes them); "admin" ones were added through /admin and survive re-applies.
+    source: Mapped[str] = mapped_column(String(16), default="admin")
+    engine: Mapped[str] = mapped_column(String(32), default="openai")
+    url: Mapped[str | None] = mapped_column(String(512))
+    path: Mapped[str | None] = mapped_column(String(512))
+    upstream_model: Mapped[str | None] = mapped_column(String(256))
+    api_key: Mapped[str | None] = mapped_column(String(512))
+    stream_format: Mapped[str] = mapped_column(String(16), default="sse")
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    health_path: Mapped[str] = mapped_column(String(256), default="/models")
+    timeouts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    supports: Mapped[list[str] | None] = mapped_column(JSON)

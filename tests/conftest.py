@@ -1,0 +1,138 @@
+"""Fixtures that start real processes: fake upstreams and `mxn serve`, on free ports, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("MXN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
+    """Start a process and poll `ready_url` until it answers 200; dump its output if it never does."""
+    handle = log.open("w")
+    popen = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+    proc = Proc(popen, ready_url.rsplit("/", 1)[0], log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{cmd} exited with {popen.returncode}:\n{proc.output()}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"{cmd} not ready after {timeout}s:\n{proc.output()}")
+
+
+def start_upstream(tmp: Path, mode: str, *extra: str) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "tests/fakes/upstream.py"), "--port", str(port), "--mode", mode, *extra]
+    proc = start(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / f"upstream-{mode}-{port}.log")
+    proc.url = f"http://127.0.0.1:{port}/v1"
+    return proc
+
+
+def _pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"mxn_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'mxn.db'}"
+    else:
+        yield from _pg_database()
+
+
+def mxn(
+    *args: str, database_url: str, stdin: str | None = None, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "mxn", *args, "--database-url", database_url]
+    done = subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, **(env or {})}
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    admin_key: str
+    database_url: str
+    proc: Proc
+    upstreams: dict[str, Proc]
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {self.admin_key}"}, timeout=30)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key or self.key}"}, timeout=30)
+
+
+def first_start_key(output: str) -> str:
+    m = re.search(r"API key:\s+(sk-[A-Za-z0-9]+)", output)
+    assert m, f"no first-start key in:\n{output}"
+    return m.group(1)

@@ -1,0 +1,249 @@
+"""Every error status of SPEC §2, each in OpenAI's shape, each from the check that produces it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.conftest import Server, mxn
+
+CHAT = "/maas/qwen1.5-14b-chat/nvidia/chat/completions"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def assert_error(r: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert "Traceback" not in r.text
+    if code is not None:
+        assert err["code"] == code, err
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+def test_missing_and_wrong_keys_get_401(server: Server) -> None:
+    assert_error(httpx.post(server.url + CHAT, json={"messages": MSG}), 401, "missing_api_key")
+    with server.client("sk-" + "x" * 48) as c:
+        assert_error(c.post(CHAT, json={"messages": MSG}), 401, "invalid_api_key")
+        assert_error(c.get("/v1/models"), 401)
+        assert_error(c.get("/api/maas/user/v2/model/list"), 401)
+    r = httpx.post(server.url + CHAT, json={"messages": MSG}, headers={"api-key": server.key})
+    assert r.status_code == 200  # the `api-key:` header works too
+
+
+def test_identity_is_never_taken_from_a_user_id_header(server: Server) -> None:
+    headers = {"INFINI_USERINFO_V1": "10241024-1024-1024-1024-10241024102410241024"}
+    r = httpx.post(
+        server.url + CHAT,
+        json={"messages": MSG},
+        headers=headers,
+        cookies={"INFINI_USERINFO_V1": "10241024-1024-1024-1024-10241024102410241024"},
+    )
+    assert_error(r, 401)
+
+
+def test_revoked_key_gets_401(server: Server) -> None:
+    mxn("users", "create", "revokee", database_url=server.database_url)
+    created = mxn("keys", "create", "--user", "revokee", database_url=server.database_url)
+    key = created.stdout.strip().splitlines()[-1]
+    with server.client(key) as c:
+        assert c.post(CHAT, json={"messages": MSG}).status_code == 200
+        key_id = next(iter(server.admin().get("/admin/keys", params={"user": "revokee"}).json()["data"]))["id"]
+        mxn("keys", "revoke", str(key_id), database_url=server.database_url)
+        assert_error(c.post(CHAT, json={"messages": MSG}), 401, "key_disabled")
+
+
+def test_key_without_the_model_or_chip_gets_403(server: Server) -> None:
+    mxn("users", "create", "narrow", database_url=server.database_url)
+    key = (
+        mxn(
+            "keys",
+            "create",
+            "--user",
+            "narrow",
+            "--models",
+            "qwen-72b",
+            "--chips",
+            "nvidia",
+            database_url=server.database_url,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    with server.client(key) as c:
+        assert_error(c.post(CHAT, json={"messages": MSG}), 403, "model_not_allowed")
+        assert_error(c.post("/maas/qwen-72b/amd/completions", json={"prompt": "x"}), 403, "chip_not_allowed")
+        assert c.post("/maas/qwen-72b/nvidia/completions", json={"prompt": "x", "max_tokens": 3}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MSG, "temperature": 2.5}, "temperature"),
+        ({"messages": MSG, "temperature": "hot"}, "temperature"),
+        ({"messages": MSG, "top_p": 0}, "top_p"),
+        ({"messages": MSG, "top_k": 0}, "top_k"),
+        ({"messages": MSG, "n": 11}, "n"),
+        ({"messages": MSG, "presence_penalty": -2.5}, "presence_penalty"),
+        ({"messages": MSG, "frequency_penalty": 3}, "frequency_penalty"),
+        ({"messages": MSG, "repetition_penalty": 0}, "repetition_penalty"),
+        ({"messages": MSG, "min_p": 1.5}, "min_p"),
+        ({"messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ({"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": MSG, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": MSG, "top_logprobs": 3}, "top_logprobs"),
+        ({"messages": MSG, "use_beam_search": True, "n": 1}, "n"),
+        ({"messages": MSG, "use_beam_search": True, "n": 2, "temperature": 0.5}, "temperature"),
+        ({"messages": MSG, "use_beam_search": True, "n": 2, "temperature": 0, "top_k": 5}, "top_k"),
+        ({"messages": MSG, "length_penalty": 1.2}, "length_penalty"),
+        ({"messages": MSG, "n": 2, "temperature": 0}, "n"),
+        ({"messages": MSG, "n": 3, "best_of": 2}, "best_of"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": MSG, "stream": "yes"}, "stream"),
+    ],
+)
+def test_invalid_parameters_get_400_naming_the_parameter(server: Server, body: dict[str, Any], param: str) -> None:
+    with server.client() as c:
+        assert_error(c.post(CHAT, json=body), 400, param=param)
+
+
+def test_beam_search_with_its_rules_is_accepted(server: Server) -> None:
+    body = {
+        "messages": MSG,
+        "use_beam_search": True,
+        "n": 2,
+        "temperature": 0,
+        "top_p": 1,
+        "top_k": -1,
+        "length_penalty": 1.2,
+        "max_tokens": 4,
+    }
+    with server.client() as c:
+        assert c.post(CHAT, json=body).status_code == 200
+
+
+def test_context_length_exceeded_before_anything_is_sent(server: Server) -> None:
+    with server.client() as c:
+        err = assert_error(
+            c.post("/maas/chatglm3-6b/nvidia/chat/completions", json={"messages": MSG, "max_tokens": 600}),
+            400,
+            "context_length_exceeded",
+        )
+        assert "512" in err["message"]
+        long = [{"role": "user", "content": "词 " * 600}]
+        assert_error(
+            c.post("/maas/chatglm3-6b/nvidia/chat/completions", json={"messages": long}), 400, "context_length_exceeded"
+        )
+
+
+def test_malformed_and_hostile_bodies(server: Server) -> None:
+    with server.client() as c:
+        assert_error(
+            c.post(CHAT, content=b'{"messages": [', headers={"content-type": "application/json"}), 400, "invalid_json"
+        )
+        assert_error(c.post(CHAT, content=b"[1, 2]"), 400, "invalid_json")
+        assert_error(c.post(CHAT, content=b""), 400)
+        deep = {"messages": MSG, "x": 1}
+        node: dict[str, Any] = deep
+        for _ in range(100):
+            node["x"] = {}
+            node = node["x"]
+        assert_error(c.post(CHAT, json=deep), 400, "invalid_json")
+        huge = b'{"messages": [{"role": "user", "content": "' + b"a" * (9 * 1024 * 1024) + b'"}]}'
+        assert_error(c.post(CHAT, content=huge), 413, "request_too_large")
+
+
+def test_unknown_fields_are_refused_on_maas_only_routes(server: Server) -> None:
+    with server.client() as c:
+        assert_error(
+            c.post("/maas/qwen1.5-14b-chat/nvidia/token_count", json={"prompt": "x", "evil": 1}), 400, param="evil"
+        )
+        assert_error(c.post("/maas/qwen1.5-14b-chat/nvidia/token_count", json={"prompt": 5}), 400, param="prompt")
+
+
+def test_unknown_model_and_wrong_chip_get_404(server: Server) -> None:
+    with server.client() as c:
+        assert_error(c.post("/maas/gpt-9/nvidia/chat/completions", json={"messages": MSG}), 404, "model_not_found")
+        err = assert_error(
+            c.post("/maas/qwen-72b/moorethreads/chat/completions", json={"messages": MSG}), 404, "model_not_on_chip"
+        )
+        assert "amd" in err["message"] and "nvidia" in err["message"]
+        assert_error(c.post("/v1/chat/completions", json={"model": "nope", "messages": MSG}), 404, "model_not_found")
+        assert_error(c.post("/v1/chat/completions", json={"messages": MSG}), 400, "missing_model")
+        assert_error(c.get("/v1/no-such-route"), 404)
+
+
+def test_wrong_model_kind_gets_400(server: Server) -> None:
+    with server.client() as c:
+        assert_error(
+            c.post("/v1/chat/completions", json={"model": "emb-small", "messages": MSG}), 400, "wrong_model_kind"
+        )
+        assert_error(c.post("/v1/embeddings", json={"model": "qwen-72b@nvidia", "input": "x"}), 400, "wrong_model_kind")
+
+
+def test_stopped_deployment_gets_503_naming_its_state(server: Server) -> None:
+    with server.client() as c:
+        err = assert_error(c.post("/maas/qwen1.5-14b-chat/iluvatar/chat/completions", json={"messages": MSG}), 503)
+    assert "stopped" in err["message"]
+
+
+def test_failing_upstream_gets_502(server: Server) -> None:
+    with server.client() as c:
+        err = assert_error(c.post("/maas/chatglm3-6b/amd/chat/completions", json={"messages": MSG}), 502)
+        assert "engine crashed" in err["message"]
+        r = c.post("/maas/chatglm3-6b/amd/chat/completions", json={"messages": MSG, "stream": True})
+        assert_error(r, 502)
+
+
+def test_upstream_rejection_is_a_400(server: Server) -> None:
+    # An endpoint with no `supports:` list forwards top_k; this upstream refuses it with 400.
+    with server.admin() as admin:
+        ep = admin.post(
+            "/admin/endpoints",
+            json={"deployment": "chatglm3-6b@nvidia", "url": server.upstreams["strict"].url, "priority": 5},
+        ).json()
+        try:
+            with server.client() as c:
+                err = assert_error(
+                    c.post("/maas/chatglm3-6b/nvidia/chat/completions", json={"messages": MSG, "top_k": 5}),
+                    400,
+                    "upstream_rejected",
+                )
+            assert "top_k" in err["message"]
+        finally:
+            admin.delete(f"/admin/endpoints/{ep['id']}")
+
+
+def test_slow_upstream_gets_504(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/maas/qwen-72b/biren/completions", json={"prompt": "x", "stream": True, "max_tokens": 5})
+    assert_error(r, 504, "upstream_timeout")
+
+
+def test_stream_that_dies_midway_ends_with_an_error_event_and_done(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/maas/qwen-72b/amd/completions", json={"prompt": "a b c d", "stream": True, "max_tokens": 5})
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2] and '"text"' in events[0]
+
+
+def test_sdk_raises_typed_errors(server: Server) -> None:
+    import openai
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="qwen-72b", messages=MSG)
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=MSG)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="qwen-72b@nvidia", messages=MSG, temperature=9)

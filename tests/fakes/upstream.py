@@ -1,0 +1,178 @@
+"""A fake OpenAI-compatible upstream, run as its own process by the tests.
+
+Modes: `sse` (a well-behaved vLLM), `jsonl` (GenStudio's bare JSON lines: no `data:`, no [DONE],
+`object`/`created` only on the last chunk), `nousage` (no usage, id or created; odd finish_reason),
+`fail` (500 on every generation), `dies` (a stream that breaks off after two chunks).
+GET /_last returns the last request body it received, so tests can see what the gateway forwarded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+MODE = "sse"
+REJECT: set[str] = set()
+DELAY = 0.0
+LAST: dict[str, Any] = {}
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _reply(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        users = [m for m in body["messages"] if m.get("role") == "user"]
+        text = users[-1]["content"] if users else ""
+        return f"echo({len(body['messages'])}): {text}"
+    return f"completion of: {body.get('prompt')}"
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+async def generate(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    LAST.clear()
+    LAST.update(body)
+    bad = sorted(REJECT & set(body))
+    if bad:
+        return _json({"error": {"message": f"unsupported parameter: {bad[0]}", "type": "BadRequestError"}}, 400)
+    if MODE == "fail":
+        return _json({"error": {"message": "engine crashed", "type": "InternalServerError"}}, 500)
+    chat = request.url.path.endswith("chat/completions")
+    text = _reply(body)
+    usage = {"prompt_tokens": 11, "completion_tokens": len(_pieces(text)), "total_tokens": 11 + len(_pieces(text))}
+    if body.get("stream"):
+        return StreamingResponse(_stream(body, chat, text, usage), media_type="text/event-stream")
+    data: dict[str, Any] = {
+        "id": "up-1",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": 1700000000,
+        "model": body.get("model"),
+        "usage": usage,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+            }
+        ],
+    }
+    if MODE == "nousage":
+        for k in ("id", "created", "usage", "object"):
+            data.pop(k)
+        data["choices"][0]["finish_reason"] = "eos"
+    return _json(data)
+
+
+async def _stream(body: dict[str, Any], chat: bool, text: str, usage: dict[str, int]):  # type: ignore[no-untyped-def]
+    pieces = _pieces(text)
+    for i, piece in enumerate(pieces):
+        if DELAY:
+            await asyncio.sleep(DELAY)
+        last = i == len(pieces) - 1
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": ("eos" if MODE == "nousage" else "stop") if last else None,
+        }
+        if chat:
+            choice["delta"] = {"content": piece} if i else {"role": "assistant", "content": piece}
+        else:
+            choice["text"] = piece
+        chunk: dict[str, Any] = {"id": "up-2", "model": body.get("model"), "choices": [choice]}
+        if MODE == "jsonl":
+            if last:
+                chunk.update(object="chat.completion.chunk", created=int(time.time()), usage=usage)
+            yield orjson.dumps(chunk) + b"\n"
+            continue
+        if MODE == "nousage":
+            chunk.pop("id")
+        else:
+            chunk.update(object="chat.completion.chunk" if chat else "text_completion", created=int(time.time()))
+        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if MODE == "dies" and i == 1:
+            raise RuntimeError("the engine process died")
+    if MODE == "sse" and (body.get("stream_options") or {}).get("include_usage"):
+        yield (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "up-2",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+            + b"\n\n"
+        )
+    if MODE != "jsonl":
+        yield b"data: [DONE]\n\n"
+
+
+async def embeddings(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    LAST.clear()
+    LAST.update(body)
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": [b / 255 for b in hashlib.sha256(str(x).encode()).digest()[:8]],
+        }
+        for i, x in enumerate(inputs)
+    ]
+    return _json(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
+        }
+    )
+
+
+async def models(_request: Request) -> Response:
+    return _json({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}]})
+
+
+async def last(_request: Request) -> Response:
+    return _json(LAST)
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/_last", last),
+    ]
+)
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", default="sse", choices=["sse", "jsonl", "nousage", "fail", "dies"])
+    parser.add_argument("--reject", default="", help="comma-separated parameters answered with 400")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between stream chunks")
+    args = parser.parse_args()
+    MODE, DELAY = args.mode, args.delay
+    REJECT = {x for x in args.reject.split(",") if x}
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
