@@ -65,6 +65,10 @@ deployments:
     chip: biren
     endpoints:
       - {{url: "{slow}", timeouts: {{first_token: 0.5}}}}
+  - model: chatglm3-6b
+    chip: moorethreads
+    endpoints:
+      - {{url: "{busy}"}}
   - model: emb-small
     chip: nvidia
     endpoints:
@@ -83,7 +87,7 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ob
     tmp = tmp_path_factory.mktemp("upstreams")
     procs = {}
     try:
-        for mode in ("sse", "jsonl", "nousage", "fail", "dies"):
+        for mode in ("sse", "jsonl", "nousage", "fail", "dies", "busy"):
             procs[mode] = start_upstream(tmp, mode)
         procs["strict"] = start_upstream(tmp, "sse", "--reject", "top_k,presence_penalty")
         procs["slow"] = start_upstream(tmp, "sse", "--delay", "2")

@@ -202,6 +202,25 @@ def test_failing_upstream_gets_502(server: Server) -> None:
         assert_error(r, 502)
 
 
+def test_busy_upstream_gets_429_with_retry_after(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/maas/chatglm3-6b/moorethreads/chat/completions", json={"messages": MSG})
+    assert_error(r, 429, "upstream_rate_limited")
+    assert r.headers["retry-after"] == "7"
+
+
+def test_key_used_from_an_address_outside_its_allowlist_gets_403(server: Server) -> None:
+    mxn("users", "create", "fenced", database_url=server.database_url)
+    outside = mxn("keys", "create", "--user", "fenced", "--ips", "10.0.0.0/8", database_url=server.database_url)
+    inside = mxn(
+        "keys", "create", "--user", "fenced", "--ips", "127.0.0.1/32,10.0.0.0/8", database_url=server.database_url
+    )
+    with server.client(outside.stdout.strip().splitlines()[-1]) as c:
+        assert_error(c.post(CHAT, json={"messages": MSG}), 403, "ip_not_allowed")
+    with server.client(inside.stdout.strip().splitlines()[-1]) as c:
+        assert c.post(CHAT, json={"messages": MSG}).status_code == 200
+
+
 def test_upstream_rejection_is_a_400(server: Server) -> None:
     # An endpoint with no `supports:` list forwards top_k; this upstream refuses it with 400.
     with server.admin() as admin:

@@ -55,4 +55,4 @@ def test_health_and_readiness(server: Server) -> None:
     with server.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         ready = c.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["deployments"] == 12
+    assert ready["status"] == "ready" and ready["deployments"] == 13

@@ -2,7 +2,7 @@
 
 Modes: `sse` (a well-behaved vLLM), `jsonl` (GenStudio's bare JSON lines: no `data:`, no [DONE],
 `object`/`created` only on the last chunk), `nousage` (no usage, id or created; odd finish_reason),
-`fail` (500 on every generation), `dies` (a stream that breaks off after two chunks).
+`fail` (500 on every generation), `busy` (429 with Retry-After), `dies` (a stream that breaks off after two chunks).
 GET /_last returns the last request body it received, so tests can see what the gateway forwarded.
 """
 
@@ -53,6 +53,10 @@ async def generate(request: Request) -> Response:
         return _json({"error": {"message": f"unsupported parameter: {bad[0]}", "type": "BadRequestError"}}, 400)
     if MODE == "fail":
         return _json({"error": {"message": "engine crashed", "type": "InternalServerError"}}, 500)
+    if MODE == "busy":
+        response = _json({"error": {"message": "too many requests", "type": "RateLimitError"}}, 429)
+        response.headers["retry-after"] = "7"
+        return response
     chat = request.url.path.endswith("chat/completions")
     text = _reply(body)
     usage = {"prompt_tokens": 11, "completion_tokens": len(_pieces(text)), "total_tokens": 11 + len(_pieces(text))}
@@ -169,7 +173,7 @@ app = Starlette(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", default="sse", choices=["sse", "jsonl", "nousage", "fail", "dies"])
+    parser.add_argument("--mode", default="sse", choices=["sse", "jsonl", "nousage", "fail", "dies", "busy"])
     parser.add_argument("--reject", default="", help="comma-separated parameters answered with 400")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between stream chunks")
     args = parser.parse_args()

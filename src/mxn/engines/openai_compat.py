@@ -32,7 +32,7 @@ def upstream_errors(endpoint_id: int) -> Iterator[None]:
         raise UpstreamError(f"endpoint {endpoint_id} sent malformed JSON")
 
 
-def _status_error(endpoint_id: int, status: int, body: bytes) -> MxnError:
+def _status_error(endpoint_id: int, status: int, body: bytes, retry_after: str | None = None) -> MxnError:
     """An upstream error answer, as the error our client should see."""
     message = f"endpoint {endpoint_id} answered {status}"
     try:
@@ -48,7 +48,7 @@ def _status_error(endpoint_id: int, status: int, body: bytes) -> MxnError:
     if status == 413:
         return PayloadTooLarge(message)
     if status == 429:
-        return RateLimited(message, code="upstream_rate_limited")
+        return RateLimited(message, code="upstream_rate_limited", headers={"retry-after": retry_after or "1"})
     return UpstreamError(message)
 
 
@@ -79,7 +79,9 @@ class OpenAICompatEngine:
             async with asyncio.timeout(self.total):
                 response = await self.client.send(self._request(route, body))
             if response.status_code >= 400:
-                raise _status_error(self.config.id, response.status_code, response.content)
+                raise _status_error(
+                    self.config.id, response.status_code, response.content, response.headers.get("retry-after")
+                )
             data = orjson.loads(response.content)
         if not isinstance(data, dict):
             raise UpstreamError(f"endpoint {self.config.id} sent a non-object response")
@@ -91,7 +93,10 @@ class OpenAICompatEngine:
                 response = await self.client.send(self._request(route, body), stream=True)
                 if response.status_code >= 400:
                     try:
-                        raise _status_error(self.config.id, response.status_code, await response.aread())
+                        content = await response.aread()
+                        raise _status_error(
+                            self.config.id, response.status_code, content, response.headers.get("retry-after")
+                        )
                     finally:
                         await response.aclose()
         return UpstreamStream(self, response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 import orjson
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from mxn.errors import InvalidRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("mxn.protocol")
 
 
 async def read_json(request: Request, max_bytes: int, max_depth: int) -> dict[str, Any]:
@@ -51,11 +53,20 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+_seen_extras: set[str] = set()
+
+
 def validate(model: type[M], data: dict[str, Any]) -> M:
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc)
+    if parsed.model_extra:
+        for name in parsed.model_extra.keys() - _seen_extras:
+            # Forwarded as they are; logged once per name so that typos can be found.
+            _seen_extras.add(name)
+            log.info("forwarding unknown request field %r", name[:64])
+    return parsed
 
 
 def validation_error(exc: ValidationError) -> InvalidRequest:
