@@ -99,5 +99,10 @@ def test_admin_lists_have_data(server: Server) -> None:
             r = admin.get(f"/admin/{what}")
             assert r.status_code == 200 and isinstance(r.json()["data"], list) and r.json()["data"], what
         keys = admin.get("/admin/keys").json()["data"]
+        one = admin.get(f"/admin/keys/{keys[0]['id']}").json()
+        assert one["prefix"] == keys[0]["prefix"] and one["id"] == keys[0]["id"]
+        assert admin.get("/admin/users/not-a-number").json()["error"]["code"] == "user_not_found"
+        assert admin.get("/admin/chips/no-such-chip").status_code == 404
+        assert admin.get("/admin/models/qwen-72b").json()["context_length"] == 2048
     assert all("key_hash" not in k and "key" not in k for k in keys)
     assert "/admin/models" in httpx.get(server.url + "/openapi.json").text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -193,11 +194,6 @@ def endpoint_view(e: Endpoint, deployment: str) -> dict[str, Any]:
 
 
 # --- users ---
-@router.get("/users")
-async def list_users(request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        rows = (await s.execute(select(User).order_by(User.id))).scalars()
-        return json_response({"data": [user_view(u) for u in rows]})
 
 
 @router.post("/users", status_code=201)
@@ -208,12 +204,6 @@ async def create_user(body: UserCreate, request: Request) -> Response:
         )
         await _commit(request, s, catalog=False)
         return json_response(user_view(user), 201)
-
-
-@router.get("/users/{user_id}")
-async def get_user(user_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response(user_view(await _get(s, User, user_id, "user")))
 
 
 @router.patch("/users/{user_id}")
@@ -227,14 +217,6 @@ async def patch_user(user_id: int, body: UserPatch, request: Request) -> Respons
             setattr(user, name, value)
         await _commit(request, s, catalog=False)
         return json_response(user_view(user))
-
-
-@router.delete("/users/{user_id}")
-async def delete_user(user_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, User, user_id, "user"))
-        await _commit(request, s, catalog=False)
-        return json_response({"id": user_id, "deleted": True})
 
 
 # --- keys ---
@@ -268,12 +250,6 @@ async def create_key(body: KeyCreate, request: Request) -> Response:
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
 
 
-@router.get("/keys/{key_id}")
-async def get_key(key_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response(accounts.key_view(await _get(s, ApiKey, key_id, "key")))
-
-
 @router.patch("/keys/{key_id}")
 async def patch_key(key_id: int, body: KeyPatch, request: Request) -> Response:
     async with _state(request).sessions() as s:
@@ -281,14 +257,6 @@ async def patch_key(key_id: int, body: KeyPatch, request: Request) -> Response:
         _patch(row, body)
         await _commit(request, s, catalog=False)
         return json_response(accounts.key_view(row))
-
-
-@router.delete("/keys/{key_id}")
-async def delete_key(key_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, ApiKey, key_id, "key"))
-        await _commit(request, s, catalog=False)
-        return json_response({"id": key_id, "deleted": True})
 
 
 # --- catalogue: chips, models, deployments, endpoints, and whole files ---
@@ -307,12 +275,6 @@ async def apply_catalog_file(request: Request) -> Response:
     return json_response({"applied": counts})
 
 
-@router.get("/chips")
-async def list_chips(request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response({"data": [chip_view(c) for c in (await s.execute(select(Chip))).scalars()]})
-
-
 @router.post("/chips", status_code=201)
 async def create_chip(body: ChipSpec, request: Request) -> Response:
     async with _state(request).sessions() as s:
@@ -324,12 +286,6 @@ async def create_chip(body: ChipSpec, request: Request) -> Response:
         return json_response(chip_view(chip), 201)
 
 
-@router.get("/chips/{chip_id}")
-async def get_chip(chip_id: str, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response(chip_view(await _get(s, Chip, chip_id, "chip")))
-
-
 @router.patch("/chips/{chip_id}")
 async def patch_chip(chip_id: str, body: ChipPatch, request: Request) -> Response:
     async with _state(request).sessions() as s:
@@ -337,20 +293,6 @@ async def patch_chip(chip_id: str, body: ChipPatch, request: Request) -> Respons
         _patch(chip, body)
         await _commit(request, s)
         return json_response(chip_view(chip))
-
-
-@router.delete("/chips/{chip_id}")
-async def delete_chip(chip_id: str, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, Chip, chip_id, "chip"))
-        await _commit(request, s)
-        return json_response({"id": chip_id, "deleted": True})
-
-
-@router.get("/models")
-async def list_models(request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response({"data": [model_view(m) for m in (await s.execute(select(Model))).scalars()]})
 
 
 @router.post("/models", status_code=201)
@@ -364,12 +306,6 @@ async def create_model(body: ModelSpec, request: Request) -> Response:
         return json_response(model_view(model), 201)
 
 
-@router.get("/models/{name}")
-async def get_model(name: str, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response(model_view(await _get(s, Model, name, "model")))
-
-
 @router.patch("/models/{name}")
 async def patch_model(name: str, body: ModelPatch, request: Request) -> Response:
     async with _state(request).sessions() as s:
@@ -380,27 +316,12 @@ async def patch_model(name: str, body: ModelPatch, request: Request) -> Response
         return json_response(model_view(model))
 
 
-@router.delete("/models/{name}")
-async def delete_model(name: str, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, Model, name, "model"))
-        await _commit(request, s)
-        return json_response({"id": name, "deleted": True})
-
-
 async def _deployment_by_name(s: AsyncSession, name: str) -> Deployment:
     model, _, chip = name.partition("@")
     row = (await s.execute(select(Deployment).where(Deployment.model == model, Deployment.chip == chip))).scalar()
     if row is None:
         raise NotFound(f"no deployment '{name}' (write it as model@chip)", code="deployment_not_found")
     return row
-
-
-@router.get("/deployments")
-async def list_deployments(request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        rows = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars()
-        return json_response({"data": [deployment_view(d) for d in rows]})
 
 
 @router.post("/deployments", status_code=201)
@@ -427,12 +348,6 @@ async def create_deployment(body: DeploymentSpec, request: Request) -> Response:
         return json_response(deployment_view(row), 201)
 
 
-@router.get("/deployments/{dep_id}")
-async def get_deployment(dep_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        return json_response(deployment_view(await _get(s, Deployment, dep_id, "deployment")))
-
-
 @router.patch("/deployments/{dep_id}")
 async def patch_deployment(dep_id: int, body: DeploymentPatch, request: Request) -> Response:
     async with _state(request).sessions() as s:
@@ -443,14 +358,6 @@ async def patch_deployment(dep_id: int, body: DeploymentPatch, request: Request)
             row.disclosure = body.disclosure
         await _commit(request, s)
         return json_response(deployment_view(row))
-
-
-@router.delete("/deployments/{dep_id}")
-async def delete_deployment(dep_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, Deployment, dep_id, "deployment"))
-        await _commit(request, s)
-        return json_response({"id": dep_id, "deleted": True})
 
 
 async def _endpoint_rows(s: AsyncSession, where: Any = None) -> list[tuple[Endpoint, str]]:
@@ -505,9 +412,53 @@ async def patch_endpoint(ep_id: int, body: EndpointPatch, request: Request) -> R
         return json_response(endpoint_view(row, dep))
 
 
-@router.delete("/endpoints/{ep_id}")
-async def delete_endpoint(ep_id: int, request: Request) -> Response:
-    async with _state(request).sessions() as s:
-        await s.delete(await _get(s, Endpoint, ep_id, "endpoint"))
-        await _commit(request, s)
-        return json_response({"id": ep_id, "deleted": True})
+def _simple_routes(
+    path: str,
+    table: type[Any],
+    view: Callable[[Any], dict[str, Any]] | None,
+    what: str,
+    *,
+    int_id: bool = True,
+    catalog: bool = True,
+    listing: bool = True,
+) -> None:
+    """GET list, GET one and DELETE one for a table whose view needs nothing but the row."""
+
+    def ident(raw: str) -> int | str:
+        if not int_id:
+            return raw
+        if not raw.isdigit():
+            raise NotFound(f"no {what} '{raw[:64]}'", code=f"{what}_not_found")
+        return int(raw)
+
+    async def get_one(item_id: str, request: Request) -> Response:
+        assert view is not None
+        async with _state(request).sessions() as s:
+            return json_response(view(await _get(s, table, ident(item_id), what)))
+
+    async def delete_one(item_id: str, request: Request) -> Response:
+        async with _state(request).sessions() as s:
+            key = ident(item_id)
+            await s.delete(await _get(s, table, key, what))
+            await _commit(request, s, catalog=catalog)
+            return json_response({"id": key, "deleted": True})
+
+    async def list_all(request: Request) -> Response:
+        assert view is not None
+        async with _state(request).sessions() as s:
+            rows = (await s.execute(select(table).order_by(*table.__table__.primary_key.columns))).scalars()
+            return json_response({"data": [view(r) for r in rows]})
+
+    if view is not None and listing:
+        router.add_api_route(path, list_all, methods=["GET"], name=f"list {what}s")
+    if view is not None:
+        router.add_api_route(f"{path}/{{item_id}}", get_one, methods=["GET"], name=f"get {what}")
+    router.add_api_route(f"{path}/{{item_id}}", delete_one, methods=["DELETE"], name=f"delete {what}")
+
+
+_simple_routes("/users", User, user_view, "user", catalog=False)
+_simple_routes("/keys", ApiKey, accounts.key_view, "key", catalog=False, listing=False)
+_simple_routes("/chips", Chip, chip_view, "chip", int_id=False)
+_simple_routes("/models", Model, model_view, "model", int_id=False)
+_simple_routes("/deployments", Deployment, deployment_view, "deployment")
+_simple_routes("/endpoints", Endpoint, None, "endpoint")
