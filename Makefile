@@ -5,27 +5,36 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 CATALOG ?=
+# CPU build by default; on a GPU machine: make serve TORCH=torch (or a CUDA/ROCm wheel of your choice).
+TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint clean
+.PHONY: serve test lint demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
 	touch $@
 
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+$(VENV)/.serve-deps: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e '.[local]'
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e '.[local,test]'
 	touch $@ $(VENV)/.serve-deps
 
-serve: $(VENV)/.serve-deps
+demo: $(VENV)/.serve-deps
+	$(BIN)/mxn models create-demo
+
+serve: demo
 	$(BIN)/mxn serve --host $(HOST) --port $(PORT) $(if $(CATALOG),--catalog $(CATALOG))
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: lint

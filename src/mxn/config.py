@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # Seconds between re-reads of the catalogue from the store, so that admin
     # edits made through one replica reach the others.
     catalog_refresh: float = 5.0
+    # Where mxn keeps files of its own (the demo model).
+    data_dir: str = ".mxn"
+    # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.
+    demo: bool = True
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,17 @@ from mxn.store.models import Chip, Deployment, Endpoint, Model
 T = TypeVar("T")
 
 
+def concrete_chip(chip: str) -> str:
+    """`auto` is the chip this machine's torch sees; without torch, the CPU."""
+    if chip != "auto":
+        return chip
+    try:
+        from mxn.engines.local.loader import detect_chip
+    except ImportError:
+        return "cpu"
+    return detect_chip()
+
+
 def endpoint_columns(spec: EndpointSpec) -> dict[str, Any]:
     data = spec.model_dump()
     data["timeouts"] = spec.timeouts.model_dump(exclude_none=True) if spec.timeouts else None
@@ -41,6 +52,7 @@ async def apply_catalog(s: AsyncSession, spec: CatalogFile) -> dict[str, int]:
     chips = {c.id: c for c in (await s.execute(select(Chip))).scalars()}
     wanted_chips = {c.id: {"name": c.name or CHIP_TYPES.get(c.id, c.id), "alias": c.alias} for c in spec.chips}
     for d in spec.deployments:
+        d.chip = concrete_chip(d.chip)
         wanted_chips.setdefault(d.chip, {"name": CHIP_TYPES[d.chip], "alias": None})
     for chip_id, chip_values in wanted_chips.items():
         _upsert(s, chips.get(chip_id), partial(Chip, id=chip_id), chip_values, counts)

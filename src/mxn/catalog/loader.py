@@ -112,7 +112,7 @@ def _reference_errors(spec: CatalogFile) -> Iterator[tuple[tuple[object, ...], s
     for i, d in enumerate(spec.deployments):
         if d.model not in models:
             yield ("deployments", i, "model"), f"model '{d.model}' is not in `models:`"
-        if d.chip not in chips:
+        if d.chip not in chips and d.chip != "auto":
             yield ("deployments", i, "chip"), f"chip '{d.chip}' is not in `chips:` nor a known chip type"
         if (d.model, d.chip) in cells:
             yield ("deployments", i), f"deployment {d.model}@{d.chip} is listed twice"

@@ -147,9 +147,18 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
         deployments = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars().all()
         endpoints = (await s.execute(select(Endpoint).order_by(Endpoint.id))).scalars().all()
     cat = Catalog()
+    # A model served by the embedded engine counts with that engine's own tokenizer unless told otherwise.
+    model_of = {d.id: d.model for d in deployments}
+    local_paths = {model_of[e.deployment_id]: e.path for e in endpoints if e.engine == "local" and e.path}
     for m in models:
         cat.models[m.name] = ModelInfo(
-            m.name, m.family, m.kind, m.context_length, m.tokenizer, m.public, dict(m.defaults or {})
+            m.name,
+            m.family,
+            m.kind,
+            m.context_length,
+            m.tokenizer or local_paths.get(m.name),
+            m.public,
+            dict(m.defaults or {}),
         )
     for c in chips:
         cat.chips[c.id] = ChipInfo(c.id, c.name, c.alias)
@@ -176,8 +185,11 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
             stream_format=e.stream_format,
             timeouts=dict(e.timeouts or {}),
             supports=frozenset(e.supports) if e.supports is not None else None,
+            options=dict(e.options or {}),
         )
-        by_id[e.deployment_id].endpoints.append(
+        cell = by_id[e.deployment_id]
+        engine = engines.build(config, client)
+        cell.endpoints.append(
             EndpointInfo(
                 e.id,
                 e.state,
@@ -185,8 +197,11 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
                 e.priority,
                 e.upstream_model,
                 config.supports,
-                engines.build(config, client),
+                engine,
                 {"engine": e.engine, "url": e.url, "path": e.path},
             )
         )
+        detected = getattr(engine, "hardware", None)
+        if not cell.disclosure and detected:
+            cell.disclosure = dict(detected)  # detected, for a managed engine
     return cat

@@ -106,6 +106,17 @@ class EndpointSpec(Strict):
     timeouts: Timeouts | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
     supports: list[str] | None = None
+    # Engine options of the embedded engine: device (auto, cpu, cuda:0), dtype (auto, float32, bfloat16),
+    # max_batch, max_waiting.
+    options: dict[str, Any] | None = None
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        unknown = sorted(set(v or {}) - {"device", "dtype", "max_batch", "max_waiting"})
+        if unknown:
+            raise ValueError(f"unknown engine option(s): {', '.join(unknown)}")
+        return v
 
     @model_validator(mode="after")
     def _target(self) -> EndpointSpec:
@@ -125,6 +136,7 @@ class Price(Strict):
 
 class DeploymentSpec(Strict):
     model: str
+    # `auto`: the chip this machine's torch sees (for deployments served by the embedded engine).
     chip: str = Field(pattern=_ID)
     moderation: bool = True
     moderation_off_confirmed: bool = False

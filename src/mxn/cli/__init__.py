@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from mxn.cli import admin, catalog, serve
+from mxn.cli import admin, catalog, models, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mxn: M models on N chips behind one API.")
 app.command("serve")(serve.serve)
 app.add_typer(admin.users, name="users")
 app.add_typer(admin.keys, name="keys")
 app.add_typer(catalog.app, name="catalog")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

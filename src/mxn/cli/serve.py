@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from typing import Annotated
@@ -12,10 +13,11 @@ from sqlalchemy import func, select
 
 from mxn.accounts import service as accounts
 from mxn.catalog.apply import apply_catalog
+from mxn.catalog.defaults import default_catalog, demo_path, local_engine_installed
 from mxn.cli.catalog import load_or_exit
 from mxn.cli.common import run
 from mxn.config import get_settings
-from mxn.store.models import User
+from mxn.store.models import Deployment, User
 
 
 def serve(
@@ -41,11 +43,12 @@ def serve(
     spec = load_or_exit(settings.catalog) if settings.catalog else None
 
     async def prepare(s, secret):  # type: ignore[no-untyped-def]
-        if spec is not None:
-            counts = await apply_catalog(s, spec)
+        spec_now = spec if spec is not None else await _zero_config(s, settings)
+        if spec_now is not None:
+            counts = await apply_catalog(s, spec_now)
             typer.echo(
-                f"catalogue {settings.catalog}: {counts['created']} created, {counts['updated']} updated, "
-                f"{counts['removed']} removed",
+                f"catalogue {settings.catalog or 'built-in demo'}: {counts['created']} created, "
+                f"{counts['updated']} updated, {counts['removed']} removed",
                 err=True,
             )
         return await _first_start(s, secret)
@@ -71,6 +74,26 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+async def _zero_config(s, settings):  # type: ignore[no-untyped-def]
+    """No catalogue and an empty store: the demo chat model and MiniLM embeddings, built here if needed."""
+    if not settings.demo or (await s.execute(select(func.count()).select_from(Deployment))).scalar_one():
+        return None
+    if not local_engine_installed():
+        typer.echo(
+            "no catalogue, and the embedded engine is not installed (pip install 'mxn[local]'): "
+            "starting with an empty catalogue",
+            err=True,
+        )
+        return None
+    path = demo_path(settings.data_dir)
+    if not (path / "config.json").exists():
+        from mxn.engines.local.demo import create_demo
+
+        typer.echo(f"building the demo model in {path} (once, about a minute)", err=True)
+        await asyncio.to_thread(create_demo, path, 60.0, lambda line: typer.echo(line, err=True))
+    return default_catalog(settings.data_dir)
 
 
 async def _first_start(s, secret):  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ class EndpointConfig:
     stream_format: str = "sse"
     timeouts: dict[str, float] = field(default_factory=dict)
     supports: frozenset[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class ChunkStream(Protocol):
@@ -78,6 +79,16 @@ def _register_builtins() -> None:
     from mxn.engines import openai_compat
 
     register("openai", openai_compat.OpenAICompatEngine)
+    register("local", _local)
+
+
+def _local(config: EndpointConfig, client: httpx.AsyncClient) -> Engine:
+    # Imported on first use: torch is heavy, and a gateway without local models never needs it.
+    try:
+        from mxn.engines.local.engine import local_engine
+    except ImportError as exc:  # the catalogue still loads; this endpoint answers 503 saying why
+        return Unavailable(f"engine 'local' needs torch and transformers (pip install 'mxn[local]'): {exc.name}")
+    return local_engine(config, client)
 
 
 _register_builtins()

@@ -128,6 +128,9 @@ async def readyz(request: Request) -> Response:
     except Exception:
         raise ServiceUnavailable("the store is not reachable", code="not_ready")
     cells = state.catalog.cells.values()
+    loading = [c.name for c in cells for e in c.endpoints if not getattr(e.engine, "ready", True)]
+    if loading:
+        raise ServiceUnavailable(f"loading models: {', '.join(sorted(set(loading)))}", code="not_ready")
     return json_response(
         {"status": "ready", "deployments": len(cells), "running": sum(c.state == "running" for c in cells)}
     )

@@ -117,3 +117,4 @@ class Endpoint(Base):
     timeouts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
     supports: Mapped[list[str] | None] = mapped_column(JSON)
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)

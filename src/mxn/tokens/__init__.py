@@ -32,6 +32,8 @@ from typing import Any
 
 import tiktoken
 
+from mxn.paths import PACKAGE_PREFIX, resolve_path
+
 __all__ = ["DEFAULT_ENCODING", "Tokenizer", "get_tokenizer", "known_encodings"]
 
 DEFAULT_ENCODING = "cl100k_base"
@@ -383,6 +385,10 @@ class _HFTokenizer(Tokenizer):
                     from tokenizers import Tokenizer as HFTokenizer
 
                     tok = HFTokenizer.from_file(str(self._path))
+                    # A tokenizer.json may carry padding/truncation settings (MiniLM pads to 128): counting
+                    # needs the real length.
+                    tok.no_padding()
+                    tok.no_truncation()
                     # tokenizers >= 0.15: keep special-token text typed by users as ordinary text.
                     if hasattr(tok, "encode_special_tokens"):
                         tok.encode_special_tokens = True
@@ -417,7 +423,7 @@ def _named(key: str, name: str | None = None, note: str | None = None) -> Tokeni
 
 
 def _looks_like_path(spec: str) -> bool:
-    return "/" in spec or "\\" in spec or spec.startswith(("~", ".")) or spec.endswith(".tiktoken")
+    return "/" in spec or "\\" in spec or spec.startswith(("~", ".", PACKAGE_PREFIX)) or spec.endswith(".tiktoken")
 
 
 def _tokenizers_available() -> bool:
@@ -437,7 +443,10 @@ def _tiktoken_file_tokenizer(path: Path) -> Tokenizer:
 
 
 def _path_tokenizer(spec: str) -> Tokenizer | None:
-    path = Path(spec).expanduser().resolve()
+    try:
+        path = resolve_path(spec).resolve()
+    except ModuleNotFoundError:
+        return None
     if path.is_file() and path.suffix == ".tiktoken":
         return _tiktoken_file_tokenizer(path)
     if not path.is_dir():

@@ -1,0 +1,1 @@
+"""The embedded engine (needs torch and transformers: `pip install 'mxn[local]'`)."""

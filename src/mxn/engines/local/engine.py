@@ -1,0 +1,326 @@
+"""The embedded engine: a HuggingFace model directory served in-process (SPEC §8, `engine: local`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from mxn.engines import EndpointConfig
+from mxn.engines.local import loader
+from mxn.engines.local.sampling import SamplingParams
+from mxn.engines.local.scheduler import DELTA, ERROR, FINISH, Job, Scheduler, Seq, generator_for, new_job
+from mxn.engines.local.text import Detokenizer, StopMatcher
+from mxn.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable, UpstreamError
+from mxn.paths import resolve_path
+
+log = logging.getLogger("mxn.local")
+_UNSUPPORTED = {"tools": "tool calls", "response_format": "response_format", "use_beam_search": "beam search"}
+
+
+@dataclass
+class CausalLM:
+    model: Any
+    tokenizer: Any
+    scheduler: Scheduler
+    context_length: int
+    eos_ids: frozenset[int]
+    defaults: dict[str, Any]
+    has_template: bool
+
+
+@dataclass
+class Encoder:
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    max_length: int
+    lock: threading.Lock
+
+
+def _is_causal(path: Path) -> bool:
+    config = json.loads((path / "config.json").read_text())
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+
+class LocalEngine:
+    supports_stream = True
+
+    def __init__(self, config: EndpointConfig, _client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.options = dict(config.options)
+        self.device = loader.detect_device(self.options.get("device"))
+        self.dtype = loader.pick_dtype(self.device, self.options.get("dtype"))
+        self.hardware = loader.hardware(self.device, self.dtype)
+        self._loaded: Future[CausalLM | Encoder] = Future()
+        threading.Thread(target=self._load, name=f"mxn-load-{config.id}", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            path = resolve_path(self.config.path or "")
+            if _is_causal(path):
+                self._loaded.set_result(self._load_causal(path))
+            else:
+                model, tok = loader.load_encoder(path, self.device, self.dtype)
+                limit = min(int(getattr(tok, "model_max_length", 512) or 512), 512)
+                self._loaded.set_result(Encoder(model, tok, self.device, limit, threading.Lock()))
+            log.info("endpoint %s: loaded %s on %s (%s)", self.config.id, path, self.device, self.hardware["dtype"])
+        except Exception as exc:
+            log.error("endpoint %s: cannot load %s: %s", self.config.id, self.config.path, exc)
+            self._loaded.set_exception(exc)
+
+    def _load_causal(self, path: Path) -> CausalLM:
+        model, tok = loader.load_causal_lm(path, self.device, self.dtype)
+        gen = model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
+        eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        defaults = (
+            {
+                k: getattr(gen, k)
+                for k in ("temperature", "top_p", "top_k", "repetition_penalty")
+                if getattr(gen, k, None) is not None
+            }
+            if gen.do_sample
+            else {"temperature": 0.0}
+        )
+        scheduler = Scheduler(
+            model,
+            self.device,
+            max_batch=int(self.options.get("max_batch", 16)),
+            max_waiting=int(self.options.get("max_waiting", 64)),
+        )
+        context = int(getattr(model.config, "max_position_embeddings", 0) or tok.model_max_length)
+        return CausalLM(model, tok, scheduler, context, eos_ids, defaults, bool(tok.chat_template))
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.done()
+
+    async def _runtime(self) -> CausalLM | Encoder:
+        try:
+            return await asyncio.wrap_future(self._loaded)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"endpoint {self.config.id} could not load its model: {exc}", code="engine_load_failed"
+            )
+
+    # --- generation ---
+    async def _start(self, route: str, body: dict[str, Any]) -> tuple[Job, int, bool]:
+        rt = await self._runtime()
+        if route == "embeddings" or not isinstance(rt, CausalLM):
+            raise InvalidRequest(f"this endpoint serves {'embeddings' if isinstance(rt, Encoder) else 'generation'}")
+        for name, what in _UNSUPPORTED.items():
+            if body.get(name):
+                raise InvalidRequest(f"the local engine does not support {what}", param=name)
+        if body.get("logprobs"):
+            raise InvalidRequest("the local engine does not return logprobs", param="logprobs")
+        prompts = _prompts(rt, route, body)
+        job = new_job()
+        n = int(body.get("n") or 1)
+        for p, ids in enumerate(prompts):
+            for i in range(n):
+                job.seqs.append(self._seq(rt, job, p * n + i, ids, body, i))
+        rt.scheduler.submit(job)
+        return job, sum(len(ids) for ids in prompts), route == "chat/completions"
+
+    def _seq(self, rt: CausalLM, job: Job, index: int, ids: list[int], body: dict[str, Any], nth: int) -> Seq:
+        room = rt.context_length - len(ids)
+        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or room
+        if room <= 0 or wanted > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {rt.context_length} tokens; the prompt has {len(ids)} and "
+                f"{wanted} more were requested.",
+                param="messages",
+            )
+        p = {**rt.defaults, **{k: v for k, v in body.items() if v is not None}}
+        params = SamplingParams(
+            temperature=float(p.get("temperature", 1.0)),
+            top_p=float(p.get("top_p", 1.0)),
+            top_k=int(p.get("top_k", -1) or -1),
+            min_p=float(p.get("min_p", 0.0)),
+            presence_penalty=float(p.get("presence_penalty", 0.0)),
+            frequency_penalty=float(p.get("frequency_penalty", 0.0)),
+            repetition_penalty=float(p.get("repetition_penalty", 1.0)),
+            seed=p.get("seed"),
+        )
+        stop = body.get("stop") or []
+        seed = None if params.seed is None else int(params.seed) + nth
+        return Seq(
+            job,
+            index,
+            torch.tensor(ids, dtype=torch.long),
+            params,
+            int(wanted),
+            frozenset() if body.get("ignore_eos") else rt.eos_ids,
+            Detokenizer(rt.tokenizer),
+            StopMatcher([stop] if isinstance(stop, str) else list(stop)),
+            generator_for(seed, self.device) if not params.greedy else None,
+        )
+
+    async def call(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        if route == "embeddings":
+            return await self._embed(body)
+        job, prompt_tokens, chat = await self._start(route, body)
+        texts: dict[int, list[str]] = {s.index: [] for s in job.seqs}
+        finished: dict[int, tuple[str, int]] = {}
+        try:
+            while len(finished) < len(job.seqs):
+                kind, index, payload = await job.events.get()
+                if kind == DELTA:
+                    texts[index].append(payload)
+                elif kind == FINISH:
+                    finished[index] = payload
+                else:
+                    raise UpstreamError(payload)
+        finally:
+            job.cancelled = len(finished) < len(job.seqs)
+        choices = []
+        for index in sorted(texts):
+            text = "".join(texts[index])
+            content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            choices.append({"index": index, **content, "finish_reason": finished[index][0]})
+        completion = sum(count for _, count in finished.values())
+        return {"choices": choices, "usage": _usage(prompt_tokens, completion)}
+
+    async def open_stream(self, route: str, body: dict[str, Any]) -> LocalStream:
+        job, prompt_tokens, chat = await self._start(route, body)
+        return LocalStream(job, prompt_tokens, chat)
+
+    # --- embeddings ---
+    async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        rt = await self._runtime()
+        if not isinstance(rt, Encoder):
+            raise InvalidRequest("this endpoint serves a generative model, not embeddings", param="model")
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidRequest(
+                "the local engine embeds strings: 'input' is a string or a list of strings", param="input"
+            )
+        vectors, tokens = await asyncio.to_thread(_encode, rt, texts)
+        dims = body.get("dimensions")
+        if dims is not None and dims != vectors.shape[1]:
+            raise InvalidRequest(f"this model's embeddings have {vectors.shape[1]} dimensions", param="dimensions")
+        as_base64 = body.get("encoding_format") == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if as_base64 else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        return {"object": "list", "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
+    """Mean pooling over real tokens, then L2 normalisation (sentence-transformers' recipe for MiniLM)."""
+    with rt.lock, torch.inference_mode():
+        enc = rt.tokenizer(texts, padding=True, truncation=True, max_length=rt.max_length, return_tensors="pt")
+        enc = {k: v.to(rt.device) for k, v in enc.items()}
+        hidden = rt.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
+        return vectors, int(enc["attention_mask"].sum())
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+_warned_templates: set[str] = set()
+
+
+def _prompts(rt: CausalLM, route: str, body: dict[str, Any]) -> list[list[int]]:
+    tok = rt.tokenizer
+    if route == "chat/completions":
+        messages = [{**m, "content": _text(m.get("content"))} for m in body.get("messages") or []]
+        if rt.has_template:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            # No template in the model directory: a plain transcript that any base model can continue.
+            if tok.name_or_path not in _warned_templates:
+                _warned_templates.add(tok.name_or_path)
+                log.warning("model %s has no chat template; using a plain 'role: text' transcript", tok.name_or_path)
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return [tok(text, add_special_tokens=False)["input_ids"]]
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [tok(prompt)["input_ids"]]
+    if isinstance(prompt, list) and prompt and all(isinstance(x, int) for x in prompt):
+        return [list(prompt)]
+    if isinstance(prompt, list) and prompt:
+        return [tok(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompt]
+    raise InvalidRequest("'prompt' must be a string, a list of strings or a list of token ids", param="prompt")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content or ""
+
+
+class LocalStream:
+    """OpenAI-shaped chunks from a job's events, as they happen; closing it cancels the job."""
+
+    def __init__(self, job: Job, prompt_tokens: int, chat: bool) -> None:
+        self.job, self.prompt_tokens, self.chat = job, prompt_tokens, chat
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    def _choice(self, index: int, text: str | None, finish: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta = {"content": text} if text is not None else {}
+            return {"index": index, "delta": delta, "finish_reason": finish}
+        return {"index": index, "text": text or "", "finish_reason": finish}
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        done: dict[int, int] = {}
+        if self.chat:
+            for s in self.job.seqs:
+                yield {
+                    "choices": [
+                        {"index": s.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    ]
+                }
+        while len(done) < len(self.job.seqs):
+            kind, index, payload = await self.job.events.get()
+            if kind == DELTA:
+                yield {"choices": [self._choice(index, payload, None)]}
+            elif kind == FINISH:
+                reason, count = payload
+                done[index] = count
+                yield {"choices": [self._choice(index, None, reason)]}
+            elif kind == ERROR:
+                raise UpstreamError(payload)
+        yield {"choices": [], "usage": _usage(self.prompt_tokens, sum(done.values()))}
+
+    async def aclose(self) -> None:
+        self.job.cancelled = True
+
+
+_ENGINES: dict[tuple[Any, ...], LocalEngine] = {}
+
+
+def local_engine(config: EndpointConfig, client: httpx.AsyncClient) -> LocalEngine:
+    """One engine per endpoint for the process's life: catalogue reloads must not load the model again."""
+    key = (config.id, config.path, tuple(sorted(config.options.items())))
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = LocalEngine(config, client)
+    return engine
+
+
+__all__ = ["ERROR", "LocalEngine", "local_engine"]
