@@ -136,3 +136,17 @@ def first_start_key(output: str) -> str:
     m = re.search(r"API key:\s+(sk-[A-Za-z0-9]+)", output)
     assert m, f"no first-start key in:\n{output}"
     return m.group(1)
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the demo model, built once per run (a short training: tests need it, not its prose)."""
+    from mxn.engines.local.demo import create_demo
+
+    data = tmp_path_factory.mktemp("mxn-data")
+    create_demo(
+        data / "models" / "mxn-demo",
+        seconds=float(os.environ.get("MXN_TEST_DEMO_SECONDS", "25")),
+        report=lambda _line: None,
+    )
+    return data

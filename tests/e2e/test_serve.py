@@ -50,7 +50,7 @@ def test_first_start_prints_credentials_once_and_workers_share_one_store(tmp_pat
     db = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
     port = free_port()
     cmd = [sys.executable, "-m", "mxn", "serve", "--port", str(port), "--workers", "2", "--database-url", db]
-    proc = start(cmd, f"http://127.0.0.1:{port}/readyz", tmp_path / "w.log")
+    proc = start(cmd, f"http://127.0.0.1:{port}/readyz", tmp_path / "w.log", env={"MXN_DEMO": "0"})
     try:
         key = first_start_key(proc.output())
         url = f"http://127.0.0.1:{port}/v1/models"
@@ -64,7 +64,9 @@ def test_first_start_prints_credentials_once_and_workers_share_one_store(tmp_pat
     finally:
         proc.stop()
     # A second start on the same store makes no new admin and prints no secret.
-    proc = start([*cmd[:-4], "--database-url", db], f"http://127.0.0.1:{port}/readyz", tmp_path / "w2.log")
+    proc = start(
+        [*cmd[:-4], "--database-url", db], f"http://127.0.0.1:{port}/readyz", tmp_path / "w2.log", env={"MXN_DEMO": "0"}
+    )
     try:
         assert "API key:" not in proc.output()
     finally:

@@ -112,6 +112,9 @@ class Catalog:
             raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
         return info
 
+    def endpoint(self, endpoint_id: int) -> EndpointInfo | None:
+        return next((e for c in self.cells.values() for e in c.endpoints if e.id == endpoint_id), None)
+
     def cells_of(self, model: str) -> list[Cell]:
         return [c for (m, _), c in self.cells.items() if m == model]
 

@@ -367,10 +367,17 @@ async def _endpoint_rows(s: AsyncSession, where: Any = None) -> list[tuple[Endpo
     return [(e, f"{m}@{c}") for e, m, c in (await s.execute(q)).all()]
 
 
+def _live(request: Request, view: dict[str, Any]) -> dict[str, Any]:
+    """The stored endpoint plus what its engine reports now (the embedded engine's queue), if anything."""
+    info = _state(request).catalog.endpoint(view["id"])
+    stats = getattr(info.engine, "stats", None) if info else None
+    return {**view, "live": stats() if stats else None}
+
+
 @router.get("/endpoints")
 async def list_endpoints(request: Request) -> Response:
     async with _state(request).sessions() as s:
-        return json_response({"data": [endpoint_view(e, d) for e, d in await _endpoint_rows(s)]})
+        return json_response({"data": [_live(request, endpoint_view(e, d)) for e, d in await _endpoint_rows(s)]})
 
 
 @router.post("/endpoints", status_code=201)
@@ -393,7 +400,7 @@ async def get_endpoint(ep_id: int, request: Request) -> Response:
         rows = await _endpoint_rows(s, Endpoint.id == ep_id)
         if not rows:
             raise NotFound(f"no endpoint '{ep_id}'", code="endpoint_not_found")
-        return json_response(endpoint_view(*rows[0]))
+        return json_response(_live(request, endpoint_view(*rows[0])))
 
 
 @router.patch("/endpoints/{ep_id}")

@@ -106,6 +106,16 @@ class LocalEngine:
     def ready(self) -> bool:
         return self._loaded.done()
 
+    def stats(self) -> dict[str, Any]:
+        """Live state for /admin: sequences decoding now, waiting, decode steps taken."""
+        if not self._loaded.done() or self._loaded.exception() is not None:
+            return {"loaded": False}
+        rt = self._loaded.result()
+        if isinstance(rt, CausalLM):
+            s = rt.scheduler
+            return {"loaded": True, "running": len(s.running), "waiting": s.queued, "steps": s.steps}
+        return {"loaded": True}
+
     async def _runtime(self) -> CausalLM | Encoder:
         try:
             return await asyncio.wrap_future(self._loaded)
