@@ -56,13 +56,20 @@ def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
     st.lists(st.text(alphabet="ab中c", min_size=1, max_size=3), min_size=0, max_size=3),
     st.lists(st.integers(1, 5), min_size=1, max_size=10),
 )
-def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str], sizes: list[int]) -> None:
+def test_stop_matcher_equals_cutting_where_generation_would_stop(text: str, stops: list[str], sizes: list[int]) -> None:
+    """Generation stops after the first chunk that completes a stop string; the text ends where it starts."""
     m = StopMatcher(stops)
-    out, i, k = [], 0, 0
+    out, ends, i, k = [], [], 0, 0
     while i < len(text):
         n = sizes[k % len(sizes)]
         out.append(m.feed(text[i : i + n]))
         i, k = i + n, k + 1
+        ends.append(min(i, len(text)))
     out.append(m.feed("", final=True))
-    cuts = [text.find(s) for s in stops if s and s in text]
-    assert "".join(out) == (text[: min(cuts)] if cuts else text)
+    expected = text
+    for end in ends:  # the oracle: whole-text search at each chunk boundary
+        starts = [text[:end].find(s) for s in stops if s in text[:end]]
+        if starts:
+            expected = text[: min(starts)]
+            break
+    assert "".join(out) == expected
