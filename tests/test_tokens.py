@@ -7,7 +7,6 @@ import shutil
 import socket
 import sys
 import threading
-import types
 from pathlib import Path
 from typing import Any
 
@@ -361,31 +360,24 @@ def test_missing_path_and_tokenizer_json_without_tokenizers(tmp_path: Path, monk
     assert tok.fallback_note == f"no tokenizer available for '{tmp_path}'; counted with tiktoken:cl100k_base"
 
 
-def test_tokenizer_json_with_tokenizers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    vocab = {"<|im_start|>": 0, "<|im_end|>": 1, "\n": 2}
+def test_tokenizer_json_with_tokenizers(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
 
-    class FakeHF:
-        encode_special_tokens = False
+    hf = HFTokenizer(models.BPE(unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["[UNK]", "<|im_start|>", "<|im_end|>"], show_progress=False
+    )
+    hf.train_from_iterator(["user assistant hello world\n"] * 20, trainer)
+    hf.enable_padding(length=64)  # as some shipped tokenizer.json files do (MiniLM pads to 128)
+    hf.save(str(tmp_path / "tokenizer.json"))
 
-        @classmethod
-        def from_file(cls, path: str) -> FakeHF:
-            assert path == str(tmp_path / "tokenizer.json")
-            return cls()
-
-        def encode(self, text: str, add_special_tokens: bool = True) -> Any:
-            assert self.encode_special_tokens and not add_special_tokens
-            return types.SimpleNamespace(ids=[vocab.get(c, 10 + ord(c)) for c in text])
-
-        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-            return "".join(chr(i - 10) for i in ids)
-
-        def token_to_id(self, token: str) -> int | None:
-            return vocab.get(token)
-
-    monkeypatch.setitem(sys.modules, "tokenizers", types.SimpleNamespace(Tokenizer=FakeHF))
-    (tmp_path / "tokenizer.json").write_text("{}")
     tok = get_tokenizer(str(tmp_path))
     assert tok.name == str(tmp_path) and tok.fallback_note is None
-    assert tok.encode("hi") == [114, 115] and tok.decode([114, 115]) == "hi"
-    # ChatML without a default system prompt: [S] "user\nhi" [E] "\n" [S] "assistant\n".
-    assert tok.count_messages([{"role": "user", "content": "hi"}]) == 1 + 7 + 1 + 1 + 1 + 10
+    assert len(tok.encode("hello world")) == 2 and tok.count("hello world") == 2  # real length, not 64
+    # Special-token text typed by a user stays ordinary text.
+    assert tok._special_id("<|im_start|>") not in tok.encode("<|im_start|>")
+    # ChatML without a default system prompt: [S] "user\nhello" [E] "\n" [S] "assistant\n".
+    n = tok.count_messages([{"role": "user", "content": "hello"}])
+    assert n == 3 + len(tok.encode("user\nhello")) + len(tok.encode("\n")) + len(tok.encode("assistant\n"))
