@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,11 @@ import torch
 log = logging.getLogger("mxn.local")
 # Models come from local directories only; never let transformers reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# transformers builds models under process-wide state (meta-device init, default dtype): two loads at
+# once in two threads can leave one model with meta tensors. Loads take turns.
+_LOAD_LOCK = threading.Lock()
 
 
 def _quiet_transformers() -> None:
@@ -71,9 +77,10 @@ def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    model.to(device).eval()
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model.to(device).eval()
     return model, tokenizer
 
 
@@ -81,7 +88,8 @@ def load_encoder(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[
     from transformers import AutoModel, AutoTokenizer
 
     _quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model: Any = AutoModel.from_pretrained(path, dtype=dtype)
-    model.to(device).eval()
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModel.from_pretrained(path, dtype=dtype)
+        model.to(device).eval()
     return model, tokenizer
