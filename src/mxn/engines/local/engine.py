@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ class Encoder:
     tokenizer: Any
     device: torch.device
     max_length: int
-    lock: threading.Lock
+    # One thread runs every forward pass of this model: torch keeps a thread pool per calling thread.
+    worker: ThreadPoolExecutor
 
 
 def _is_causal(path: Path) -> bool:
@@ -73,7 +74,8 @@ class LocalEngine:
             else:
                 model, tok = loader.load_encoder(path, self.device, self.dtype)
                 limit = min(int(getattr(tok, "model_max_length", 512) or 512), 512)
-                self._loaded.set_result(Encoder(model, tok, self.device, limit, threading.Lock()))
+                worker = ThreadPoolExecutor(1, thread_name_prefix=f"mxn-encoder-{self.config.id}")
+                self._loaded.set_result(Encoder(model, tok, self.device, limit, worker))
             log.info("endpoint %s: loaded %s on %s (%s)", self.config.id, path, self.device, self.hardware["dtype"])
         except Exception as exc:
             log.error("endpoint %s: cannot load %s: %s", self.config.id, self.config.path, exc)
@@ -217,7 +219,7 @@ class LocalEngine:
             raise InvalidRequest(
                 "the local engine embeds strings: 'input' is a string or a list of strings", param="input"
             )
-        vectors, tokens = await asyncio.to_thread(_encode, rt, texts)
+        vectors, tokens = await asyncio.get_running_loop().run_in_executor(rt.worker, _encode, rt, texts)
         dims = body.get("dimensions")
         if dims is not None and dims != vectors.shape[1]:
             raise InvalidRequest(f"this model's embeddings have {vectors.shape[1]} dimensions", param="dimensions")
@@ -235,7 +237,7 @@ class LocalEngine:
 
 def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
     """Mean pooling over real tokens, then L2 normalisation (sentence-transformers' recipe for MiniLM)."""
-    with rt.lock, torch.inference_mode():
+    with torch.inference_mode():
         enc = rt.tokenizer(texts, padding=True, truncation=True, max_length=rt.max_length, return_tensors="pt")
         enc = {k: v.to(rt.device) for k, v in enc.items()}
         hidden = rt.model(**enc).last_hidden_state
