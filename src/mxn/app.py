@@ -16,7 +16,18 @@ from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
 from mxn.gateway import admin, responses, routes
 from mxn.gateway.state import AppState
+from mxn.limits import Limiter
+from mxn.limits.memory import MemoryLimiter
 from mxn.store.db import create_engine, sessionmaker
+from mxn.usage import UsageWriter
+
+
+def make_limiter(redis_url: str | None) -> Limiter:
+    if redis_url:
+        from mxn.limits.redis import RedisLimiter
+
+        return RedisLimiter(redis_url)
+    return MemoryLimiter()
 
 
 def upstream_client() -> httpx.AsyncClient:
@@ -30,9 +41,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     db = create_engine(settings.database_url)
     sessions = sessionmaker(db)
-    state = AppState(settings, db, sessions, await load_secret(sessions, settings.secret), upstream_client())
+    state = AppState(
+        settings,
+        db,
+        sessions,
+        await load_secret(sessions, settings.secret),
+        upstream_client(),
+        make_limiter(settings.redis_url),
+        UsageWriter(sessions),
+    )
     await state.reload_catalog()
     state.start_refresh()
+    state.usage.start()
     app.state.mxn = state
     try:
         yield

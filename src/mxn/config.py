@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # Seconds between re-reads of the catalogue from the store, so that admin
     # edits made through one replica reach the others.
     catalog_refresh: float = 5.0
+    # Quota unit: "tokens" (prompt + completion), or "credits" (micro-credits: per-1M-token prices of the
+    # deployment times the group's multiplier).
+    quota_unit: str = "tokens"
     # Where mxn keeps files of its own (the demo model).
     data_dir: str = ".mxn"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.

@@ -15,12 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mxn.accounts.keys import display_prefix, hash_key, new_key, split_pin
 from mxn.accounts.passwords import hash_password
 from mxn.errors import AuthError, Conflict, InvalidRequest, NotFound, PermissionDenied
-from mxn.store.models import ApiKey, User
+from mxn.store.models import ApiKey, Group, User
 
 MAX_KEYS_PER_USER = 5
 # last_used_at is written at most this often per key: a write per request would
 # put the store on the hot path.
 _TOUCH_EVERY = timedelta(seconds=60)
+
+
+LIMIT_NAMES = ("rpm", "rpd", "tpm", "concurrency")
+# The default group's per-key limits when no group row says otherwise (GenStudio's free tier, seed 000).
+DEFAULT_LIMITS = {"rpm": 12, "rpd": 3000, "tpm": 12_000_000, "concurrency": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,11 @@ class Principal:
     models: frozenset[str] | None
     chips: frozenset[str] | None
     pinned_endpoint: int | None = None
+    group: str = "default"
+    multiplier: float = 1.0
+    # Effective limits: the key's own where set, else its group's defaults; per-user totals from the group.
+    key_limits: tuple[tuple[str, int], ...] = ()
+    user_limits: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_admin(self) -> bool:
@@ -86,11 +96,14 @@ async def create_user(
     password: str | None,
     *,
     admin: bool = False,
-    group: str = "default",
+    group: str | None = None,
     quota: int | None = None,
 ) -> User:
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
         raise InvalidRequest("user name: 1–64 letters, digits or _.@-", param="name")
+    group = group or ("unlimited" if admin else "default")
+    if await s.get(Group, group) is None:
+        raise InvalidRequest(f"no group '{group}'", param="group", code="group_not_found")
     user = User(
         name=name,
         password_hash=hash_password(password) if password else None,
@@ -125,10 +138,11 @@ async def create_key(
     expires: str | None = None,
     ips: list[str] | None = None,
     limits: dict[str, int | None] | None = None,
-    max_keys: int = MAX_KEYS_PER_USER,
 ) -> tuple[ApiKey, str]:
     """Returns the row and the key itself, which exists nowhere else after this call."""
     count = (await s.execute(select(func.count()).where(ApiKey.user_id == user.id))).scalar_one()
+    group = await s.get(Group, user.group)
+    max_keys = group.max_keys if group is not None else MAX_KEYS_PER_USER
     if count >= max_keys:
         raise Conflict(f"user '{user.name}' already has {count} keys (at most {max_keys})", code="too_many_keys")
     key = new_key()
@@ -173,12 +187,15 @@ async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip
     key, pin = split_pin(presented)
     row = (
         await s.execute(
-            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == hash_key(secret, key))
+            select(ApiKey, User, Group)
+            .join(User, User.id == ApiKey.user_id)
+            .outerjoin(Group, Group.name == User.group)
+            .where(ApiKey.key_hash == hash_key(secret, key))
         )
     ).one_or_none()
     if row is None:
         raise AuthError("Incorrect API key provided.")
-    api_key, user = row
+    api_key, user, group = row
     now = _now()
     if not api_key.enabled or not user.enabled:
         raise AuthError("This API key has been disabled.", code="key_disabled")
@@ -199,7 +216,29 @@ async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip
         models=frozenset(api_key.models) if api_key.models else None,
         chips=frozenset(api_key.chips) if api_key.chips else None,
         pinned_endpoint=pin,
+        group=user.group,
+        multiplier=group.multiplier if group else 1.0,
+        key_limits=_key_limits(api_key, group),
+        user_limits=_user_limits(group),
     )
+
+
+def _key_limits(api_key: ApiKey, group: Group | None) -> tuple[tuple[str, int], ...]:
+    out = []
+    for name in LIMIT_NAMES:
+        value = getattr(api_key, name)
+        if value is None:
+            value = getattr(group, name) if group is not None else DEFAULT_LIMITS[name]
+        if value:  # 0 or None: no limit
+            out.append((name, int(value)))
+    return tuple(out)
+
+
+def _user_limits(group: Group | None) -> tuple[tuple[str, int], ...]:
+    if group is None:
+        return ()
+    values = ((n, getattr(group, f"user_{n}")) for n in LIMIT_NAMES)
+    return tuple((n, int(v)) for n, v in values if v)
 
 
 def _ip_allowed(client_ip: str | None, networks: list[str]) -> bool:

@@ -67,6 +67,7 @@ class Cell:
     price_output: float
     disclosure: dict[str, Any]
     endpoints: list[EndpointInfo] = field(default_factory=list)
+    limits: tuple[tuple[str, int], ...] = ()  # the cell's own rpm / tpm / concurrency
 
     @property
     def name(self) -> str:
@@ -175,6 +176,7 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
             d.price_input,
             d.price_output,
             dict(d.disclosure or {}),
+            limits=tuple((n, v) for n in ("rpm", "tpm", "concurrency") if (v := getattr(d, n))),
         )
         cat.cells[(d.model, d.chip)] = by_id[d.id] = cell
     for e in endpoints:

@@ -27,7 +27,7 @@ def users_create(
     name: str,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
     admin: Annotated[bool, typer.Option("--admin")] = False,
-    group: Annotated[str, typer.Option("--group")] = "default",
+    group: Annotated[str | None, typer.Option("--group", help="default: 'default', or 'unlimited' for --admin")] = None,
     quota: Annotated[int | None, typer.Option("--quota", help="token quota (unset = unlimited)")] = None,
     db: DatabaseUrl = None,
 ) -> None:

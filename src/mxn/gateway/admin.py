@@ -34,7 +34,7 @@ class UserCreate(Body):
     name: str
     password: str | None = Field(default=None, min_length=8)
     admin: bool = False
-    group: str = "default"
+    group: str | None = None
     quota: int | None = Field(default=None, ge=0)
 
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 import orjson
 
 from mxn.catalog.registry import EndpointInfo
@@ -22,11 +23,11 @@ RETRYABLE = (UpstreamError, UpstreamTimeout, RateLimited, ServiceUnavailable)
 
 async def _failover(
     candidates: list[EndpointInfo], prepared: Prepared, attempt: Callable[[EndpointInfo, dict[str, Any]], Awaitable[T]]
-) -> T:
+) -> tuple[EndpointInfo, T]:
     last: MxnError | None = None
     for endpoint in candidates:
         try:
-            return await attempt(endpoint, for_endpoint(prepared, endpoint))
+            return endpoint, await attempt(endpoint, for_endpoint(prepared, endpoint))
         except RETRYABLE as exc:
             log.warning("endpoint %s failed (%s); %s", endpoint.id, exc.message, "trying next" if last else "")
             last = exc
@@ -35,11 +36,13 @@ async def _failover(
     raise last
 
 
-async def call(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> dict[str, Any]:
+async def call(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> tuple[EndpointInfo, dict[str, Any]]:
     return await _failover(candidates, prepared, lambda e, body: e.engine.call(route, body))
 
 
-async def open_stream(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> ChunkStream:
+async def open_stream(
+    candidates: list[EndpointInfo], route: str, prepared: Prepared
+) -> tuple[EndpointInfo, ChunkStream]:
     """A stream whose first chunk has already arrived: until then, failing over is still invisible."""
 
     async def attempt(endpoint: EndpointInfo, body: dict[str, Any]) -> ChunkStream:
@@ -78,23 +81,37 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-async def sse_events(stream: ChunkStream, norm: StreamNormalizer, include_usage: bool) -> AsyncIterator[bytes]:
+# Called once when a stream ends, however it ends: (status, error code or None).
+Finish = Callable[[int, str | None], Awaitable[None]]
+CLIENT_CLOSED = 499
+
+
+async def sse_events(
+    stream: ChunkStream, norm: StreamNormalizer, include_usage: bool, finish: Finish
+) -> AsyncIterator[bytes]:
     """The client's stream. Once it has begun, an error is an event, then [DONE]; never a hang."""
+    status = CLIENT_CLOSED
+    error: str | None = "client_closed"
     try:
         async for chunk in stream:
             if "error" in chunk and not chunk.get("choices"):
                 yield sse({"error": _error_body(chunk["error"])})
+                status, error = 502, "upstream_error"
                 break
             out = norm.chunk(chunk)
             if out is not None:
                 yield sse(out)
         else:
+            status, error = 200, None
             if include_usage:
                 yield sse(norm.usage_chunk())
     except MxnError as exc:
+        status, error = exc.status, exc.code
         yield sse(exc.body())
     finally:
-        await stream.aclose()
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+            await finish(status, error)
     yield DONE
 
 

@@ -12,8 +12,9 @@ from starlette.responses import Response, StreamingResponse
 
 from mxn.accounts.service import Principal
 from mxn.catalog.registry import Cell
-from mxn.errors import InvalidRequest
+from mxn.errors import InvalidRequest, MxnError
 from mxn.gateway import dispatch, normalize
+from mxn.gateway.admit import admit
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import read_json, validate
 from mxn.gateway.params import Prepared, prepare_chat, prepare_completion
@@ -59,33 +60,50 @@ async def chat_completions(request: Request, ref: CellRef = None) -> Response:
     principal, raw, cell = await begin(request, ref)
     _need_generative(cell)
     req = validate(ChatCompletionRequest, raw)
-    return await _generate(cell, principal, prepare_chat(req, raw, cell), "chat", "chat/completions")
+    return await _generate(request, cell, principal, prepare_chat(req, raw, cell), "chat", "chat/completions")
 
 
 async def completions(request: Request, ref: CellRef = None) -> Response:
     principal, raw, cell = await begin(request, ref)
     _need_generative(cell)
     req = validate(CompletionRequest, raw)
-    return await _generate(cell, principal, prepare_completion(req, raw, cell), "text", "completions")
+    return await _generate(request, cell, principal, prepare_completion(req, raw, cell), "text", "completions")
 
 
-async def _generate(cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str) -> Response:
+async def _generate(
+    request: Request, cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str
+) -> Response:
     candidates = cell.candidates(_pin(principal))
+    adm = await admit(request.app.state.mxn, principal, cell, prepared, route)
     tok = cell.model.tokenizer
+    try:
+        if prepared.stream:
+            endpoint, stream = await dispatch.open_stream(candidates, route, prepared)
+        else:
+            endpoint, data = await dispatch.call(candidates, route, prepared)
+    except MxnError as exc:
+        await adm.finish(exc.status, 0, 0, error=exc.code)  # nothing was generated: all of it back
+        exc.headers = {**adm.headers, **exc.headers}
+        raise
     if prepared.stream:
-        stream = await dispatch.open_stream(candidates, route, prepared)
+        adm.first_token()
         norm = normalize.StreamNormalizer(
             kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
         )
+
+        async def finish(status: int, error: str | None) -> None:
+            used = norm.usage()
+            await adm.finish(status, used["prompt_tokens"], used["completion_tokens"], endpoint.id, error)
+
         return StreamingResponse(
-            dispatch.sse_events(stream, norm, prepared.include_usage),
+            dispatch.sse_events(stream, norm, prepared.include_usage, finish),
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **adm.headers},
         )
-    data = await dispatch.call(candidates, route, prepared)
-    return json_response(
-        normalize.response(data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
-    )
+    body = normalize.response(data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
+    usage = body["usage"]
+    await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id)
+    return json_response(body, headers=adm.headers)
 
 
 async def embeddings(request: Request) -> Response:
@@ -97,7 +115,15 @@ async def embeddings(request: Request) -> Response:
     inputs = req.input if isinstance(req.input, list) else [req.input]
     tok = cell.model.tokenizer
     prompt_tokens = sum(tok.count(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1) for x in inputs)
-    body = dict(raw, model=cell.model.name)
-    prepared = Prepared(body, prompt_tokens, None, False, False)
-    data = await dispatch.call(cell.candidates(_pin(principal)), "embeddings", prepared)
-    return json_response(normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens))
+    prepared = Prepared(dict(raw, model=cell.model.name), prompt_tokens, 0, False, False)
+    candidates = cell.candidates(_pin(principal))
+    adm = await admit(request.app.state.mxn, principal, cell, prepared, "embeddings")
+    try:
+        endpoint, data = await dispatch.call(candidates, "embeddings", prepared)
+    except MxnError as exc:
+        await adm.finish(exc.status, 0, 0, error=exc.code)
+        exc.headers = {**adm.headers, **exc.headers}
+        raise
+    out = normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens)
+    await adm.finish(200, out["usage"]["prompt_tokens"], 0, endpoint.id)
+    return json_response(out, headers=adm.headers)

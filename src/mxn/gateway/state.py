@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
+from mxn.limits import Limiter
+from mxn.usage import UsageWriter
 
 log = logging.getLogger("mxn")
 
@@ -23,6 +25,8 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     secret: bytes
     http: httpx.AsyncClient
+    limiter: Limiter
+    usage: UsageWriter
     catalog: Catalog = field(default_factory=Catalog)
     _refresher: asyncio.Task[None] | None = None
 
@@ -46,5 +50,7 @@ class AppState:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        await self.usage.close()  # a clean shutdown loses no usage record
+        await self.limiter.close()
         await self.http.aclose()
         await self.db.dispose()

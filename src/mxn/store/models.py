@@ -67,6 +67,67 @@ class ApiKey(Base):
     quota: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Group(Base):
+    """A tier (OneAPI): a price multiplier, per-key default limits, and optional per-user totals."""
+
+    __tablename__ = "groups"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    multiplier: Mapped[float] = mapped_column(Float, default=1.0)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    rpd: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    user_rpm: Mapped[int | None] = mapped_column(Integer)
+    user_rpd: Mapped[int | None] = mapped_column(Integer)
+    user_tpm: Mapped[int | None] = mapped_column(BigInteger)
+    user_concurrency: Mapped[int | None] = mapped_column(Integer)
+    max_keys: Mapped[int] = mapped_column(Integer, default=5)
+
+
+class Code(Base):
+    """A redemption code, stored as an HMAC like keys; redeemed at most once (a conditional UPDATE)."""
+
+    __tablename__ = "codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    quota: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    redeemed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    redeemed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Usage(Base):
+    """One row per request that reached the request path after authentication."""
+
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    chip: Mapped[str] = mapped_column(String(32))
+    endpoint_id: Mapped[int | None] = mapped_column(Integer)
+    route: Mapped[str] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(64))
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Session(Base):
+    """A console login: the cookie holds a random token, the store only its HMAC."""
+
+    __tablename__ = "sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Chip(Base):
     __tablename__ = "chips"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -94,6 +155,10 @@ class Deployment(Base):
     moderation: Mapped[bool] = mapped_column(Boolean, default=True)
     price_input: Mapped[float] = mapped_column(Float, default=0.0)
     price_output: Mapped[float] = mapped_column(Float, default=0.0)
+    # Limits for the whole cell (all users together), unset = none.
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
     disclosure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 

@@ -1,0 +1,48 @@
+"""Redemption codes (OneAPI): made in batches by an admin, each redeemed once, ever."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mxn.accounts.keys import hash_key
+from mxn.errors import InvalidRequest, NotFound
+from mxn.store.models import Code, User
+
+_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def new_code() -> str:
+    return "mxn-" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+async def create_codes(s: AsyncSession, secret: bytes, quota: int, count: int) -> list[str]:
+    if quota <= 0 or not 1 <= count <= 10_000:
+        raise InvalidRequest("quota must be positive and count between 1 and 10000", param="quota")
+    codes = [new_code() for _ in range(count)]
+    s.add_all(Code(code_hash=hash_key(secret, c), prefix=c[:8], quota=quota) for c in codes)
+    await s.commit()
+    return codes
+
+
+async def redeem(s: AsyncSession, secret: bytes, user_id: int, code: str) -> int:
+    """Credit the code's quota to the user, in one transaction that only one caller can win."""
+    now = datetime.now(UTC)
+    claimed = await s.execute(
+        update(Code)
+        .where(Code.code_hash == hash_key(secret, code.strip()), Code.redeemed_by.is_(None))
+        .values(redeemed_by=user_id, redeemed_at=now)
+        .returning(Code.quota)
+    )
+    quota = claimed.scalar_one_or_none()
+    if quota is None:
+        await s.rollback()
+        raise NotFound("this code does not exist or has already been redeemed", param="code", code="invalid_code")
+    # An unlimited user (NULL) stays unlimited; a limited one gains the code's quota.
+    await s.execute(update(User).where(User.id == user_id, User.quota.is_not(None)).values(quota=User.quota + quota))
+    await s.commit()
+    return int(quota)

@@ -1,0 +1,142 @@
+"""Admission and settlement: limits and quota before the call; usage, tokens and refunds after it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from mxn.accounts import quota
+from mxn.accounts.service import Principal
+from mxn.catalog.registry import Cell
+from mxn.errors import RateLimited
+from mxn.gateway.params import Prepared
+from mxn.gateway.state import AppState
+from mxn.limits import CONCURRENT, REQUESTS, TOKENS, Rule, headers
+from mxn.usage import record
+
+log = logging.getLogger("mxn.admit")
+_KINDS = {"rpm": (REQUESTS, 60.0), "rpd": (REQUESTS, 86400.0), "tpm": (TOKENS, 60.0), "concurrency": (CONCURRENT, 0.0)}
+
+
+def rules_for(principal: Principal, cell: Cell) -> list[Rule]:
+    """The key's limits, the user's totals where the group sets them, and the cell's own limits."""
+    rules = []
+    for scope, limits in (
+        (f"key:{principal.key_id}", principal.key_limits),
+        (f"user:{principal.user_id}", principal.user_limits),
+        (f"cell:{cell.id}", cell.limits),
+    ):
+        for name, limit in limits:
+            kind, window = _KINDS[name]
+            rules.append(Rule(f"{scope}:{name}", kind, limit, window))
+    return rules
+
+
+@dataclass
+class Admission:
+    state: AppState
+    principal: Principal
+    cell: Cell
+    route: str
+    rules: list[Rule]
+    request_id: str
+    price: quota.Price
+    reservation: quota.Reservation
+    headers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter)
+    ttft_ms: float | None = None
+    done: bool = False
+
+    def first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = 1000 * (time.perf_counter() - self.started)
+
+    async def finish(
+        self, status: int, prompt: int, completion: int, endpoint_id: int | None = None, error: str | None = None
+    ) -> None:
+        """Settle once: quota to the real cost, completion tokens to the TPM rules, slots back, a usage record."""
+        if self.done:
+            return
+        self.done = True
+        cost = self.price.cost(prompt, completion)
+        # Shielded: a client that goes away must not leave a reservation or a slot behind.
+        with anyio.CancelScope(shield=True):
+            try:
+                await quota.settle(self.state.sessions, self.reservation, cost)
+                await self.state.limiter.add_tokens(
+                    [r for r in self.rules if r.kind == TOKENS], self.request_id, completion
+                )
+            finally:
+                await self.state.limiter.release([r for r in self.rules if r.kind == CONCURRENT], self.request_id)
+        p = self.principal
+        self.state.usage.add(
+            record(
+                user_id=p.user_id,
+                key_id=p.key_id,
+                model=self.cell.model.name,
+                chip=self.cell.chip.id,
+                endpoint_id=endpoint_id,
+                route=self.route,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                ttft_ms=self.ttft_ms,
+                latency_ms=1000 * (time.perf_counter() - self.started),
+                status=status,
+                error=error,
+                cost=cost,
+            )
+        )
+
+
+async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Prepared, route: str) -> Admission:
+    rules = rules_for(principal, cell)
+    request_id = secrets.token_hex(8)
+    decision = await state.limiter.acquire(rules, request_id, prepared.prompt_tokens)
+    limit_headers = headers(decision)
+    if not decision.allowed:
+        denied = decision.denied_by
+        what = f"{denied.key.rsplit(':', 1)[-1]} limit of {denied.limit}" if denied else "rate limit"
+        state.usage.add(
+            record(
+                user_id=principal.user_id,
+                key_id=principal.key_id,
+                model=cell.model.name,
+                chip=cell.chip.id,
+                endpoint_id=None,
+                route=route,
+                prompt_tokens=0,
+                completion_tokens=0,
+                ttft_ms=None,
+                latency_ms=0.0,
+                status=429,
+                error="rate_limit_exceeded",
+                cost=0,
+            )
+        )
+        raise RateLimited(
+            f"Rate limit reached: {what}. Retry after {limit_headers['retry-after']}s.", headers=limit_headers
+        )
+    price = quota.Price(
+        state.settings.quota_unit == "credits", cell.price_input, cell.price_output, principal.multiplier
+    )
+    room = cell.model.context_length - prepared.prompt_tokens
+    want = price.cost(prepared.prompt_tokens, prepared.max_tokens or room)
+    try:
+        reservation = await quota.reserve(
+            state.sessions, principal.user_id, principal.key_id, want, price.cost(prepared.prompt_tokens, 1)
+        )
+    except RateLimited as exc:
+        await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
+        exc.headers = {**limit_headers, **exc.headers}
+        raise
+    if reservation.amount < want:
+        # The balance affords less than asked: it caps the generation instead of refusing it.
+        prepared.max_tokens = prepared.body["max_tokens"] = max(
+            1, price.completion_affordable(reservation.amount, prepared.prompt_tokens)
+        )
+        prepared.body.pop("max_completion_tokens", None)
+    return Admission(state, principal, cell, route, rules, request_id, price, reservation, limit_headers)

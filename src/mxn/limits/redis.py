@@ -1,0 +1,111 @@
+"""The Redis limiter: the same rules, checked and charged in one Lua script, so replicas agree exactly.
+
+Each REQUESTS/TOKENS rule is a sorted set of `<id>:<weight>` members scored by their time, plus a running
+sum; each CONCURRENT rule is a sorted set of request ids scored by when their slot expires. Time is the
+Redis server's, so replica clocks do not matter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from mxn.limits import CONCURRENT, SLOT_TTL, Decision, Rule, Usage, weight
+
+PREFIX = "mxn:rl:"
+
+# KEYS: one per rule. ARGV: member, n, then per rule: limit, window, weight, kind ("c" or "l"),
+# then charge (1 = acquire: check all, charge all or nothing; 0 = charge only, no check).
+_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local member, n, charge_only = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local out, wait, denied = {}, 0, 0
+for i = 1, n do
+  local key, b = KEYS[i], 3 + (i - 1) * 4
+  local limit, window, w, kind = tonumber(ARGV[b+1]), tonumber(ARGV[b+2]), tonumber(ARGV[b+3]), ARGV[b+4]
+  local used, reset = 0, 0
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    used = redis.call('ZCARD', key)
+    if not charge_only and used + 1 > limit then wait = math.max(wait, 1); denied = i end
+  else
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - window)
+    if #old > 0 then
+      local freed = 0
+      for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+      redis.call('DECRBY', key .. ':sum', freed)
+    end
+    used = tonumber(redis.call('GET', key .. ':sum') or '0')
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first > 0 then reset = tonumber(first[2]) + window - now end
+    if not charge_only and used + w > limit then
+      local need, freed, at = used + w - limit, 0, now + window
+      local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      for j = 1, #entries, 2 do
+        freed = freed + tonumber(string.match(entries[j], ':(%d+)$'))
+        if freed >= need then at = tonumber(entries[j+1]) + window; break end
+      end
+      if at - now > wait then wait = at - now; denied = i end
+    end
+  end
+  out[#out + 1] = tostring(used)
+  out[#out + 1] = tostring(reset)
+end
+if wait > 0 then return {'0', tostring(wait), tostring(denied), unpack(out)} end
+for i = 1, n do
+  local key, b = KEYS[i], 3 + (i - 1) * 4
+  local window, w, kind = tonumber(ARGV[b+2]), tonumber(ARGV[b+3]), ARGV[b+4]
+  if kind == 'c' then
+    redis.call('ZADD', key, now + SLOT_TTL, member)
+    redis.call('EXPIRE', key, math.ceil(SLOT_TTL) + 1)
+  elseif w > 0 then
+    redis.call('ZADD', key, now, member .. ':' .. w)
+    redis.call('INCRBY', key .. ':sum', w)
+    redis.call('EXPIRE', key, math.ceil(window) + 1)
+    redis.call('EXPIRE', key .. ':sum', math.ceil(window) + 1)
+  end
+end
+return {'1', '0', '0', unpack(out)}
+""".replace("SLOT_TTL", str(SLOT_TTL))
+
+
+class RedisLimiter:
+    def __init__(self, url: str) -> None:
+        self.redis: Any = aioredis.from_url(url, decode_responses=True)
+        self.script = self.redis.register_script(_SCRIPT)
+
+    async def _run(self, rules: list[Rule], member: str, tokens: int, charge_only: bool) -> list[str]:
+        keys = [PREFIX + r.key for r in rules]
+        args: list[Any] = [member, len(rules), "1" if charge_only else "0"]
+        for r in rules:
+            args += [r.limit, r.window, weight(r, tokens), "c" if r.kind == CONCURRENT else "l"]
+        result: list[str] = await self.script(keys=keys, args=args)
+        return result
+
+    async def acquire(self, rules: list[Rule], request_id: str, tokens: int) -> Decision:
+        if not rules:
+            return Decision(True, 0.0, ())
+        res = await self._run(rules, request_id, tokens, charge_only=False)
+        allowed, wait, denied = res[0] == "1", float(res[1]), int(res[2])
+        usage = tuple(
+            Usage(r, int(res[3 + 2 * i]) + (weight(r, tokens) if allowed else 0), float(res[4 + 2 * i]))
+            for i, r in enumerate(rules)
+        )
+        return Decision(allowed, wait, usage, rules[denied - 1] if denied else None)
+
+    async def add_tokens(self, rules: list[Rule], request_id: str, tokens: int) -> None:
+        if rules and tokens > 0:
+            await self._run(rules, request_id + ":c", tokens, charge_only=True)
+
+    async def release(self, rules: list[Rule], request_id: str) -> None:
+        if rules:
+            pipe = self.redis.pipeline(transaction=False)
+            for r in rules:
+                pipe.zrem(PREFIX + r.key, request_id)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
