@@ -74,7 +74,7 @@ def start_upstream(tmp: Path, mode: str, *extra: str) -> Proc:
     return proc
 
 
-def _pg_database() -> Iterator[str]:
+def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped afterwards."""
     import asyncio
 
@@ -101,7 +101,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'mxn.db'}"
     else:
-        yield from _pg_database()
+        yield from pg_database()
 
 
 def mxn(
@@ -150,3 +150,22 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         report=lambda _line: None,
     )
     return data
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """An empty Redis database index of its own for this run, flushed afterwards."""
+    import redis
+
+    for index in range(15, 0, -1):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=index)
+        # Claim the index atomically, so two runs at once never share one.
+        if client.dbsize() == 0 and client.set("mxn:test:claim", "1", nx=True):
+            try:
+                yield f"redis://127.0.0.1:6379/{index}"
+            finally:
+                client.flushdb()
+                client.close()
+            return
+        client.close()
+    raise RuntimeError("no free Redis database index")

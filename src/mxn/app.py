@@ -14,7 +14,7 @@ from mxn import __version__
 from mxn.accounts.secrets import load_secret
 from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
-from mxn.gateway import admin, responses, routes
+from mxn.gateway import admin, responses, routes, user_api
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.memory import MemoryLimiter
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(user_api.router)
     app.add_exception_handler(MxnError, responses.on_mxn_error)
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)

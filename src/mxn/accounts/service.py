@@ -67,18 +67,25 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """`30d`, `12h`, `90s`, `2w` as a timedelta; None for anything else."""
+    m = _DURATION.match(text.strip())
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}) if m else None
+
+
+def parse_time(text: str, param: str) -> datetime:
+    try:
+        return _aware(datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise InvalidRequest(f"{param}: '{text}' is neither a duration like 30d nor an ISO date", param=param)
+
+
 def parse_expiry(text: str | None) -> datetime | None:
-    """`30d`, `12h`, or an ISO date/time; None for no expiry."""
+    """`30d` from now, or an ISO date/time; None for no expiry."""
     if not text:
         return None
-    m = _DURATION.match(text.strip())
-    if m:
-        return _now() + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"expires: '{text}' is neither a duration like 30d nor an ISO date", param="expires")
-    return _aware(value)
+    duration = parse_duration(text)
+    return _now() + duration if duration is not None else parse_time(text, "expires")
 
 
 def parse_networks(ips: list[str] | None) -> list[str] | None:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import hash_password
 from mxn.catalog.apply import apply_catalog, endpoint_columns
@@ -21,7 +22,8 @@ from mxn.errors import Conflict, InvalidRequest, NotFound
 from mxn.gateway.auth import admin_principal
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
-from mxn.store.models import ApiKey, Chip, Deployment, Endpoint, Model, User
+from mxn.gateway.usage_views import usage_response, usage_rows
+from mxn.store.models import ApiKey, Chip, Code, Deployment, Endpoint, Group, Model, User
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
 
@@ -419,6 +421,91 @@ async def patch_endpoint(ep_id: int, body: EndpointPatch, request: Request) -> R
         return json_response(endpoint_view(row, dep))
 
 
+# --- groups, codes, usage ---
+class GroupBody(Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    multiplier: float = Field(default=1.0, ge=0)
+    rpm: int | None = Field(default=None, ge=0)
+    rpd: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    user_rpm: int | None = Field(default=None, ge=0)
+    user_rpd: int | None = Field(default=None, ge=0)
+    user_tpm: int | None = Field(default=None, ge=0)
+    user_concurrency: int | None = Field(default=None, ge=0)
+    max_keys: int = Field(default=5, ge=1, le=1000)
+
+
+class GroupPatch(Body):
+    multiplier: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0)
+    rpd: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    user_rpm: int | None = Field(default=None, ge=0)
+    user_rpd: int | None = Field(default=None, ge=0)
+    user_tpm: int | None = Field(default=None, ge=0)
+    user_concurrency: int | None = Field(default=None, ge=0)
+    max_keys: int | None = Field(default=None, ge=1, le=1000)
+
+
+def group_view(g: Group) -> dict[str, Any]:
+    return {c: getattr(g, c) for c in GroupBody.model_fields}
+
+
+@router.post("/groups", status_code=201)
+async def create_group(body: GroupBody, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        if await s.get(Group, body.name):
+            raise Conflict(f"group '{body.name}' already exists")
+        group = Group(**body.model_dump())
+        s.add(group)
+        await _commit(request, s, catalog=False)
+        return json_response(group_view(group), 201)
+
+
+@router.patch("/groups/{name}")
+async def patch_group(name: str, body: GroupPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        group = await _get(s, Group, name, "group")
+        _patch(group, body)
+        await _commit(request, s, catalog=False)
+        return json_response(group_view(group))
+
+
+class CodesCreate(Body):
+    quota: int = Field(gt=0)
+    count: int = Field(default=1, ge=1, le=10_000)
+
+
+@router.post("/codes", status_code=201)
+async def create_codes(body: CodesCreate, request: Request) -> Response:
+    state = _state(request)
+    async with state.sessions() as s:
+        created = await codes.create_codes(s, state.secret, body.quota, body.count)
+    return json_response({"quota": body.quota, "codes": created}, 201)
+
+
+def code_view(c: Code) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "prefix": c.prefix,
+        "quota": c.quota,
+        "created_at": c.created_at,
+        "redeemed_by": c.redeemed_by,
+        "redeemed_at": c.redeemed_at,
+    }
+
+
+@router.get("/usage")
+async def admin_usage(
+    request: Request, user: str | None = None, since: str | None = None, limit: int = 10_000, format: str = "json"
+) -> Response:
+    async with _state(request).sessions() as s:
+        rows = await usage_rows(s, user=user, since=since, limit=limit)
+    return usage_response(rows, format)
+
+
 def _simple_routes(
     path: str,
     table: type[Any],
@@ -464,6 +551,8 @@ def _simple_routes(
 
 
 _simple_routes("/users", User, user_view, "user", catalog=False)
+_simple_routes("/groups", Group, group_view, "group", int_id=False, catalog=False)
+_simple_routes("/codes", Code, code_view, "code", catalog=False)
 _simple_routes("/keys", ApiKey, accounts.key_view, "key", catalog=False, listing=False)
 _simple_routes("/chips", Chip, chip_view, "chip", int_id=False)
 _simple_routes("/models", Model, model_view, "model", int_id=False)

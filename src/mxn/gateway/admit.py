@@ -92,6 +92,27 @@ class Admission:
         )
 
 
+def _refused(state: AppState, principal: Principal, cell: Cell, route: str, error: str) -> None:
+    """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
+    state.usage.add(
+        record(
+            user_id=principal.user_id,
+            key_id=principal.key_id,
+            model=cell.model.name,
+            chip=cell.chip.id,
+            endpoint_id=None,
+            route=route,
+            prompt_tokens=0,
+            completion_tokens=0,
+            ttft_ms=None,
+            latency_ms=0.0,
+            status=429,
+            error=error,
+            cost=0,
+        )
+    )
+
+
 async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Prepared, route: str) -> Admission:
     rules = rules_for(principal, cell)
     request_id = secrets.token_hex(8)
@@ -100,23 +121,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
     if not decision.allowed:
         denied = decision.denied_by
         what = f"{denied.key.rsplit(':', 1)[-1]} limit of {denied.limit}" if denied else "rate limit"
-        state.usage.add(
-            record(
-                user_id=principal.user_id,
-                key_id=principal.key_id,
-                model=cell.model.name,
-                chip=cell.chip.id,
-                endpoint_id=None,
-                route=route,
-                prompt_tokens=0,
-                completion_tokens=0,
-                ttft_ms=None,
-                latency_ms=0.0,
-                status=429,
-                error="rate_limit_exceeded",
-                cost=0,
-            )
-        )
+        _refused(state, principal, cell, route, "rate_limit_exceeded")
         raise RateLimited(
             f"Rate limit reached: {what}. Retry after {limit_headers['retry-after']}s.", headers=limit_headers
         )
@@ -131,6 +136,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         )
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
+        _refused(state, principal, cell, route, exc.code or "insufficient_quota")
         exc.headers = {**limit_headers, **exc.headers}
         raise
     if reservation.amount < want:
