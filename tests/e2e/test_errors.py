@@ -266,3 +266,46 @@ def test_sdk_raises_typed_errors(server: Server) -> None:
         client.chat.completions.create(model="nope", messages=MSG)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="qwen-72b@nvidia", messages=MSG, temperature=9)
+
+
+def test_bad_account_input_is_refused_and_changes_nothing(server: Server) -> None:
+    db = server.database_url
+    before = server.admin().get("/admin/keys").json()["data"]
+    bad = mxn("users", "create", "negative", "--quota", "-5", database_url=db, check=False)
+    assert bad.returncode == 1 and "quota may not be negative" in bad.stderr
+    mxn("users", "create", "bad-input", database_url=db)
+    for flags, words in (
+        (["--ips", "10.0.0.300/8"], "ips"),
+        (["--rpm", "-1"], "rpm may not be negative"),
+        (["--expires", "soon"], "expires"),
+        (["--quota", "-3"], "quota"),
+    ):
+        done = mxn("keys", "create", "--user", "bad-input", *flags, database_url=db, check=False)
+        assert done.returncode == 1 and words in done.stderr and "Traceback" not in done.stderr
+    with server.admin() as admin:
+        r = admin.post("/admin/users", json={"name": "neg2", "quota": -1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "quota"
+        r = admin.post("/admin/keys", json={"user": "bad-input", "ips": ["not-an-ip"]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "ips"
+        assert admin.get("/admin/keys").json()["data"] == before
+        users = [u["name"] for u in admin.get("/admin/users").json()["data"]]
+    assert "negative" not in users and "neg2" not in users
+
+
+def test_expired_key_and_disabled_user_get_401(server: Server) -> None:
+    import time
+
+    db = server.database_url
+    mxn("users", "create", "short-lived", database_url=db)
+    key = mxn("keys", "create", "--user", "short-lived", "--expires", "2s", database_url=db).stdout.split()[-1]
+    with server.client(key) as c:
+        assert c.post(CHAT, json={"messages": MSG}).status_code == 200
+        time.sleep(2.5)
+        assert_error(c.post(CHAT, json={"messages": MSG}), 401, "key_expired")
+    mxn("users", "create", "to-disable", database_url=db)
+    key = mxn("keys", "create", "--user", "to-disable", database_url=db).stdout.split()[-1]
+    with server.admin() as admin:
+        user_id = next(u["id"] for u in admin.get("/admin/users").json()["data"] if u["name"] == "to-disable")
+        assert admin.patch(f"/admin/users/{user_id}", json={"enabled": False}).status_code == 200
+    with server.client(key) as c:
+        assert_error(c.post(CHAT, json={"messages": MSG}), 401, "key_disabled")

@@ -67,6 +67,12 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def _not_negative(values: dict[str, int | None]) -> None:
+    for name, value in values.items():
+        if value is not None and value < 0:
+            raise InvalidRequest(f"{name} may not be negative", param=name)
+
+
 def parse_duration(text: str) -> timedelta | None:
     """`30d`, `12h`, `90s`, `2w` as a timedelta; None for anything else."""
     m = _DURATION.match(text.strip())
@@ -108,6 +114,7 @@ async def create_user(
 ) -> User:
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
         raise InvalidRequest("user name: 1–64 letters, digits or _.@-", param="name")
+    _not_negative({"quota": quota})
     group = group or ("unlimited" if admin else "default")
     if await s.get(Group, group) is None:
         raise InvalidRequest(f"no group '{group}'", param="group", code="group_not_found")
@@ -147,6 +154,7 @@ async def create_key(
     limits: dict[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     """Returns the row and the key itself, which exists nowhere else after this call."""
+    _not_negative(limits or {})
     count = (await s.execute(select(func.count()).where(ApiKey.user_id == user.id))).scalar_one()
     group = await s.get(Group, user.group)
     max_keys = group.max_keys if group is not None else MAX_KEYS_PER_USER

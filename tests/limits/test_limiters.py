@@ -1,0 +1,107 @@
+"""Property tests: both limiters agree with a brute-force model of the sliding window, request by request."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mxn.limits import CONCURRENT, REQUESTS, TOKENS, Rule, headers
+from mxn.limits.memory import MemoryLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def model_admits(log: list[tuple[float, int]], now: float, rule: Rule, w: int) -> bool:
+    return sum(x for t, x in log if t > now - rule.window) + w <= rule.limit
+
+
+steps = st.lists(st.tuples(st.floats(0, 30), st.integers(0, 40)), min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps, st.integers(1, 6), st.integers(10, 80))
+def test_memory_limiter_matches_the_sliding_window_model(seq: list[tuple[float, int]], rpm: int, tpm: int) -> None:
+    clock = Clock()
+    limiter = MemoryLimiter(clock)
+    rules = [Rule("k:rpm", REQUESTS, rpm, 60), Rule("k:tpm", TOKENS, tpm, 60)]
+    requests: list[tuple[float, int]] = []
+    tokens: list[tuple[float, int]] = []
+
+    async def run() -> None:
+        for i, (gap, w) in enumerate(seq):
+            clock.now += gap
+            d = await limiter.acquire(rules, f"r{i}", w)
+            expect = model_admits(requests, clock.now, rules[0], 1) and model_admits(tokens, clock.now, rules[1], w)
+            assert d.allowed == expect
+            if d.allowed:
+                requests.append((clock.now, 1))
+                tokens.append((clock.now, w))
+            else:
+                # Waiting exactly retry_after makes it fit (nothing else arriving meanwhile).
+                assert d.retry_after > 0
+                later = clock.now + d.retry_after + 1e-6
+                fits = model_admits(requests, later, rules[0], 1) and model_admits(tokens, later, rules[1], w)
+                assert fits or w > tpm
+                assert int(headers(d)["retry-after"]) >= 1
+
+    asyncio.run(run())
+
+
+def test_concurrency_slots_are_given_back() -> None:
+    limiter = MemoryLimiter()
+    rule = [Rule("k:conc", CONCURRENT, 2, 0)]
+
+    async def run() -> None:
+        assert (await limiter.acquire(rule, "a", 0)).allowed
+        assert (await limiter.acquire(rule, "b", 0)).allowed
+        assert not (await limiter.acquire(rule, "c", 0)).allowed
+        await limiter.release(rule, "a")
+        assert (await limiter.acquire(rule, "c", 0)).allowed
+
+    asyncio.run(run())
+
+
+_unique = itertools.count()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=25), st.integers(1, 8), st.integers(5, 100))
+def test_redis_limiter_decides_like_the_memory_limiter(redis_url: str, weights: list[int], rpm: int, tpm: int) -> None:
+    n = next(_unique)  # fresh keys per example: Redis keeps state between examples
+    rules = [
+        Rule(f"t{n}:rpm", REQUESTS, rpm, 60),
+        Rule(f"t{n}:tpm", TOKENS, tpm, 60),
+        Rule(f"t{n}:conc", CONCURRENT, 3, 0),
+    ]
+    memory = MemoryLimiter()
+
+    async def run() -> None:
+        from mxn.limits.redis import RedisLimiter
+
+        redis_limiter = RedisLimiter(redis_url)
+        try:
+            await compare(redis_limiter)
+        finally:
+            await redis_limiter.close()
+
+    async def compare(redis_limiter: Any) -> None:
+        for i, w in enumerate(weights):
+            a = await redis_limiter.acquire(rules, f"r{i}", w)
+            b = await memory.acquire(rules, f"r{i}", w)
+            assert a.allowed == b.allowed
+            assert [u.used for u in a.usage] == [u.used for u in b.usage]
+            if a.allowed and i % 2:
+                await redis_limiter.release(rules, f"r{i}")
+                await memory.release(rules, f"r{i}")
+
+    asyncio.run(run())
