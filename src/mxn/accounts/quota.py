@@ -65,11 +65,12 @@ async def reserve(
     """Take up to `want` units (at least `minimum`) from every limited balance of the key and its user."""
     for _ in range(_ATTEMPTS):
         async with sessions() as s:
-            row = (
-                await s.execute(
-                    select(User.quota, ApiKey.quota).join(ApiKey, ApiKey.user_id == User.id).where(ApiKey.id == key_id)
-                )
-            ).one()
+            row: tuple[int | None, int | None]
+            if key_id:
+                query = select(User.quota, ApiKey.quota).join(ApiKey, ApiKey.user_id == User.id)
+                row = tuple((await s.execute(query.where(ApiKey.id == key_id))).one())  # type: ignore[assignment]
+            else:  # a console session: only the user's balance
+                row = ((await s.execute(select(User.quota).where(User.id == user_id))).scalar_one(), None)
             balances = [b for b in row if b is not None]
             if not balances:
                 return Reservation(None, None, want)

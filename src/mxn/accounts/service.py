@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mxn.accounts.keys import display_prefix, hash_key, new_key, split_pin
-from mxn.accounts.passwords import hash_password
+from mxn.accounts.passwords import hash_password, verify_password
 from mxn.errors import AuthError, Conflict, InvalidRequest, NotFound, PermissionDenied
-from mxn.store.models import ApiKey, Group, User
+from mxn.store.models import ApiKey, Group, Session, User
 
 MAX_KEYS_PER_USER = 5
 # last_used_at is written at most this often per key: a write per request would
@@ -264,3 +265,59 @@ def _ip_allowed(client_ip: str | None, networks: list[str]) -> bool:
     except ValueError:
         return False
     return any(addr in ipaddress.ip_network(n) for n in networks)
+
+
+SESSION_DAYS = 7
+
+
+async def rotate_key(s: AsyncSession, secret: bytes, row: ApiKey) -> str:
+    """A new secret for the same key (name, limits, allowlists and quota stay); the old one stops working."""
+    key = new_key()
+    row.key_hash, row.prefix = hash_key(secret, key), display_prefix(key)
+    await s.flush()
+    return key
+
+
+async def login(s: AsyncSession, secret: bytes, name: str, password: str) -> tuple[User, str]:
+    """A console session for a correct name and password; the same error for every wrong combination."""
+    user = (await s.execute(select(User).where(User.name == name))).scalar_one_or_none()
+    if user is None or not user.enabled or not verify_password(user.password_hash, password):
+        raise AuthError("wrong user name or password", code="invalid_credentials")
+    token = secrets.token_urlsafe(32)
+    s.add(
+        Session(token_hash=hash_key(secret, token), user_id=user.id, expires_at=_now() + timedelta(days=SESSION_DAYS))
+    )
+    await s.commit()
+    return user, token
+
+
+async def session_principal(s: AsyncSession, secret: bytes, token: str) -> Principal:
+    row = (
+        await s.execute(
+            select(Session, User, Group)
+            .join(User, User.id == Session.user_id)
+            .outerjoin(Group, Group.name == User.group)
+            .where(Session.token_hash == hash_key(secret, token))
+        )
+    ).one_or_none()
+    if row is None or _aware(row[0].expires_at) <= _now() or not row[1].enabled:
+        raise AuthError("Your console session has ended; log in again.", code="session_expired")
+    _session, user, group = row
+    # The console speaks for the user with the group's per-key defaults and no key of its own.
+    return Principal(
+        user_id=user.id,
+        user=user.name,
+        role=user.role,
+        key_id=0,
+        models=None,
+        chips=None,
+        group=user.group,
+        multiplier=group.multiplier if group else 1.0,
+        key_limits=_key_limits(ApiKey(), group),
+        user_limits=_user_limits(group),
+    )
+
+
+async def logout(s: AsyncSession, secret: bytes, token: str) -> None:
+    await s.execute(delete(Session).where(Session.token_hash == hash_key(secret, token)))
+    await s.commit()

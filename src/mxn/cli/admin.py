@@ -114,6 +114,36 @@ def keys_list(
         typer.echo(f"{k['id']}\t{k['user']}\t{k['prefix']}\t{k['name']}\t{state}\tlast used {k['last_used_at'] or '-'}")
 
 
+@keys.command("rotate")
+def keys_rotate(key_id: int, db: DatabaseUrl = None) -> None:
+    """A new secret for the key, printed alone on the last line; the old one stops working."""
+
+    async def work(s, secret):  # type: ignore[no-untyped-def]
+        row = await s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no key {key_id}")
+        key = await accounts.rotate_key(s, secret, row)
+        await s.commit()
+        return key
+
+    key = run(database_url(db), work)
+    typer.echo(f"rotated key {key_id}; the new key is shown only now:", err=True)
+    typer.echo(key)
+
+
+@keys.command("delete")
+def keys_delete(key_id: int, db: DatabaseUrl = None) -> None:
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no key {key_id}")
+        await s.delete(row)
+        await s.commit()
+
+    run(database_url(db), work)
+    typer.echo(f"deleted key {key_id}")
+
+
 @keys.command("revoke")
 def keys_revoke(key_id: int, db: DatabaseUrl = None) -> None:
     async def work(s, _secret):  # type: ignore[no-untyped-def]

@@ -261,6 +261,16 @@ async def patch_key(key_id: int, body: KeyPatch, request: Request) -> Response:
         return json_response(accounts.key_view(row))
 
 
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(key_id: int, request: Request) -> Response:
+    state = _state(request)
+    async with state.sessions() as s:
+        row = await _get(s, ApiKey, key_id, "key")
+        key = await accounts.rotate_key(s, state.secret, row)
+        await _commit(request, s, catalog=False)
+        return json_response({**accounts.key_view(row), "key": key})
+
+
 # --- catalogue: chips, models, deployments, endpoints, and whole files ---
 @router.post("/catalog")
 async def apply_catalog_file(request: Request) -> Response:

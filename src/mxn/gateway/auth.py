@@ -6,7 +6,7 @@ import hmac
 
 from starlette.requests import Request
 
-from mxn.accounts.service import Principal, authenticate
+from mxn.accounts.service import Principal, authenticate, session_principal
 from mxn.errors import AuthError, PermissionDenied
 from mxn.gateway.state import AppState
 
@@ -20,9 +20,21 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("api-key") or None
 
 
+SESSION_COOKIE = "mxn_session"
+
+
 async def api_principal(request: Request) -> Principal:
+    """An API key when one is presented; otherwise the console's login session."""
     state: AppState = request.app.state.mxn
     key = presented_key(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    if not key and token:
+        # A cookie rides along with cross-site form posts; a JSON body cannot be sent that way without a CORS
+        # preflight (which is refused), and other unsafe methods always need one.
+        if request.method == "POST" and not request.headers.get("content-type", "").startswith("application/json"):
+            raise PermissionDenied("console requests must send JSON", code="csrf")
+        async with state.sessions() as s:
+            return await session_principal(s, state.secret, token)
     if not key:
         raise AuthError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"

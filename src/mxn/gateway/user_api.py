@@ -4,16 +4,154 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from mxn.accounts import codes
-from mxn.gateway.auth import api_principal
+from mxn.accounts import service as accounts
+from mxn.accounts.passwords import verify_password
+from mxn.accounts.service import Principal
+from mxn.errors import NotFound, PermissionDenied
+from mxn.gateway.auth import SESSION_COOKIE, api_principal
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.gateway.usage_views import usage_response, usage_rows
 from mxn.store.models import ApiKey, User
 
 router = APIRouter(prefix="/api", tags=["user"])
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Login(Body):
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Confirm(Body):
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class KeyCreate(Confirm):
+    name: str = Field(default="", max_length=64)
+    models: list[str] | None = None
+    chips: list[str] | None = None
+    expires: str | None = None
+    ips: list[str] | None = None
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.mxn
+    return state
+
+
+@router.post("/login")
+async def login(body: Login, request: Request) -> Response:
+    state = _state(request)
+    async with state.sessions() as s:
+        user, token = await accounts.login(s, state.secret, body.name, body.password)
+    response = json_response({"user": user.name, "role": user.role})
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=accounts.SESSION_DAYS * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    state = _state(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        async with state.sessions() as s:
+            await accounts.logout(s, state.secret, token)
+    response = json_response({"logged_out": True})
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def _confirm_password(s: AsyncSession, user_id: int, password: str) -> User:
+    """The seeds' "second verification": anything that makes or reveals a secret asks for the password again."""
+    user = await s.get(User, user_id)
+    if user is None or not verify_password(user.password_hash, password):
+        raise PermissionDenied("the password is not right", param="password", code="wrong_password")
+    return user
+
+
+async def _own_key(s: AsyncSession, principal: Principal, key_id: int) -> ApiKey:
+    row = await s.get(ApiKey, key_id)
+    if row is None or row.user_id != principal.user_id:
+        raise NotFound(f"no key {key_id}", code="key_not_found")
+    return row
+
+
+@router.get("/keys")
+async def my_keys(request: Request) -> Response:
+    principal = await api_principal(request)
+    async with _state(request).sessions() as s:
+        rows = (
+            await s.execute(select(ApiKey).where(ApiKey.user_id == principal.user_id).order_by(ApiKey.id))
+        ).scalars()
+        return json_response({"data": [accounts.key_view(k, principal.user) for k in rows]})
+
+
+@router.post("/keys", status_code=201)
+async def create_my_key(body: KeyCreate, request: Request) -> Response:
+    principal = await api_principal(request)
+    state = _state(request)
+    async with state.sessions() as s:
+        user = await _confirm_password(s, principal.user_id, body.password)
+        row, key = await accounts.create_key(
+            s,
+            state.secret,
+            user,
+            name=body.name,
+            models=body.models,
+            chips=body.chips,
+            expires=body.expires,
+            ips=body.ips,
+        )
+        await s.commit()
+        return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_my_key(key_id: int, body: Confirm, request: Request) -> Response:
+    principal = await api_principal(request)
+    state = _state(request)
+    async with state.sessions() as s:
+        await _confirm_password(s, principal.user_id, body.password)
+        row = await _own_key(s, principal, key_id)
+        key = await accounts.rotate_key(s, state.secret, row)
+        await s.commit()
+        return json_response({**accounts.key_view(row, principal.user), "key": key})
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_my_key(key_id: int, request: Request) -> Response:
+    principal = await api_principal(request)
+    async with _state(request).sessions() as s:
+        row = await _own_key(s, principal, key_id)
+        row.enabled = False
+        await s.commit()
+        return json_response(accounts.key_view(row, principal.user))
+
+
+@router.delete("/keys/{key_id}")
+async def delete_my_key(key_id: int, request: Request) -> Response:
+    principal = await api_principal(request)
+    async with _state(request).sessions() as s:
+        await s.delete(await _own_key(s, principal, key_id))
+        await s.commit()
+        return json_response({"id": key_id, "deleted": True})
 
 
 class Redeem(BaseModel):
@@ -37,21 +175,17 @@ async def me(request: Request) -> Response:
     state: AppState = request.app.state.mxn
     async with state.sessions() as s:
         user = await s.get(User, principal.user_id)
-        key = await s.get(ApiKey, principal.key_id)
-    assert user is not None and key is not None
+        key = await s.get(ApiKey, principal.key_id) if principal.key_id else None
+    assert user is not None
+    key_info = {"id": key.id, "name": key.name, "prefix": key.prefix, "quota": key.quota} if key else None
     return json_response(
         {
             "user": user.name,
             "role": user.role,
             "group": user.group,
             "quota": user.quota,
-            "key": {
-                "id": key.id,
-                "name": key.name,
-                "prefix": key.prefix,
-                "quota": key.quota,
-                "limits": dict(principal.key_limits),
-            },
+            "key": key_info,
+            "limits": dict(principal.key_limits),
         }
     )
 
