@@ -91,6 +91,7 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ob
             procs[mode] = start_upstream(tmp, mode)
         procs["strict"] = start_upstream(tmp, "sse", "--reject", "top_k,presence_penalty")
         procs["slow"] = start_upstream(tmp, "sse", "--delay", "2")
+        procs["slowish"] = start_upstream(tmp, "sse", "--delay", "0.3")
         yield procs
     finally:
         for p in procs.values():

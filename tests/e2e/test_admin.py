@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 
 from tests.conftest import Server
@@ -106,3 +109,24 @@ def test_admin_lists_have_data(server: Server) -> None:
         assert admin.get("/admin/models/qwen-72b").json()["context_length"] == 2048
     assert all("key_hash" not in k and "key" not in k for k in keys)
     assert "/admin/models" in httpx.get(server.url + "/openapi.json").text
+
+
+def test_a_cell_limit_applies_to_everyone_together(server: Server) -> None:
+    with server.admin() as admin:
+        dep = admin.post(
+            "/admin/deployments",
+            json={"model": "qwen-72b", "chip": "iluvatar", "endpoints": [{"url": server.upstreams["slowish"].url}]},
+        ).json()
+        r = admin.patch(f"/admin/deployments/{dep['id']}", json={"limits": {"concurrency": 1}})
+        assert r.json()["limits"]["concurrency"] == 1
+        try:
+            url = "/maas/qwen-72b/iluvatar/completions"
+            with server.client() as c, ThreadPoolExecutor(1) as pool:
+                first = pool.submit(c.post, url, json={"prompt": "x y z", "stream": True})
+                time.sleep(0.15)  # the first holds the cell's only slot while its chunks come 0.3 s apart
+                second = c.post(url, json={"prompt": "y"})
+                assert second.status_code == 429 and second.headers["retry-after"] == "1"
+                assert first.result().status_code == 200
+                assert c.post(url, json={"prompt": "z"}).status_code == 200  # the slot came back
+        finally:
+            admin.delete(f"/admin/deployments/{dep['id']}")

@@ -88,3 +88,30 @@ def test_users_and_keys_cli(tmp_path: Path) -> None:
     listing = mxn("keys", "list", "--json", database_url=db).stdout
     assert all(k not in listing for k in keys)  # only hashes are stored; the list shows prefixes
     assert '"rpm": 5' in listing
+
+
+def test_usage_records_survive_a_clean_shutdown(tmp_path: Path, upstreams) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shutdown.db'}"
+    catalog = tmp_path / "c.yaml"
+    url = upstreams["sse"].url
+    catalog.write_text(
+        f'models: [{{name: m}}]\ndeployments: [{{model: m, chip: nvidia, endpoints: [{{url: "{url}"}}]}}]\n'
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "mxn", "serve", "--port", str(port), "--catalog", str(catalog), "--database-url", db]
+    proc = start(cmd, f"http://127.0.0.1:{port}/readyz", tmp_path / "s.log", env={"MXN_DEMO": "0"})
+    key = first_start_key(proc.output())
+    try:
+        with httpx.Client(timeout=30, headers={"authorization": f"Bearer {key}"}) as c:
+            for _ in range(20):
+                r = c.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                )
+                assert r.status_code == 200
+    finally:
+        proc.stop()  # SIGTERM right away: the last batch must still be written
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is the signal's.
+    assert "Application shutdown complete" in proc.output()
+    rows = mxn("usage", "--format", "json", database_url=db).stdout
+    assert rows.count('"status": 200') == 20

@@ -70,6 +70,7 @@ async def apply_catalog(s: AsyncSession, spec: CatalogFile) -> dict[str, int]:
             "price_input": d.price.input,
             "price_output": d.price.output,
             "disclosure": d.disclosure,
+            **d.limits.model_dump(),
         }
         row = _upsert(
             s,

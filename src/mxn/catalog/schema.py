@@ -134,6 +134,14 @@ class Price(Strict):
     output: float = Field(default=0.0, ge=0)
 
 
+class CellLimits(Strict):
+    """Limits on a whole cell, all users together (e.g. a small accelerator pool)."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+
+
 class DeploymentSpec(Strict):
     model: str
     # `auto`: the chip this machine's torch sees (for deployments served by the embedded engine).
@@ -141,6 +149,7 @@ class DeploymentSpec(Strict):
     moderation: bool = True
     moderation_off_confirmed: bool = False
     price: Price = Price()
+    limits: CellLimits = CellLimits()
     disclosure: dict[str, Any] | None = None
     endpoints: list[EndpointSpec] = []
 

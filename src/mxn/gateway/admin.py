@@ -17,7 +17,7 @@ from mxn.accounts import service as accounts
 from mxn.accounts.passwords import hash_password
 from mxn.catalog.apply import apply_catalog, endpoint_columns
 from mxn.catalog.loader import CatalogError, parse_catalog
-from mxn.catalog.schema import ChipSpec, DeploymentSpec, EndpointSpec, ModelSpec, Price, Timeouts
+from mxn.catalog.schema import CellLimits, ChipSpec, DeploymentSpec, EndpointSpec, ModelSpec, Price, Timeouts
 from mxn.errors import Conflict, InvalidRequest, NotFound
 from mxn.gateway.auth import admin_principal
 from mxn.gateway.responses import json_response
@@ -85,6 +85,7 @@ class ModelPatch(Body):
 
 class DeploymentPatch(Body):
     price: Price | None = None
+    limits: CellLimits | None = None
     disclosure: dict[str, Any] | None = None
 
 
@@ -169,6 +170,7 @@ def deployment_view(d: Deployment) -> dict[str, Any]:
         "chip": d.chip,
         "moderation": d.moderation,
         "price": {"input": d.price_input, "output": d.price_output},
+        "limits": {"rpm": d.rpm, "tpm": d.tpm, "concurrency": d.concurrency},
         "disclosure": d.disclosure,
     }
 
@@ -351,6 +353,7 @@ async def create_deployment(body: DeploymentSpec, request: Request) -> Response:
             price_input=body.price.input,
             price_output=body.price.output,
             disclosure=body.disclosure,
+            **body.limits.model_dump(),
         )
         s.add(row)
         await s.flush()
@@ -366,6 +369,9 @@ async def patch_deployment(dep_id: int, body: DeploymentPatch, request: Request)
         row = await _get(s, Deployment, dep_id, "deployment")
         if body.price is not None:
             row.price_input, row.price_output = body.price.input, body.price.output
+        if body.limits is not None:
+            for name, value in body.limits.model_dump().items():
+                setattr(row, name, value)
         if "disclosure" in body.model_fields_set:
             row.disclosure = body.disclosure
         await _commit(request, s)
