@@ -199,16 +199,24 @@ def key_view(row: ApiKey, user: str | None = None) -> dict[str, Any]:
     }
 
 
+# The settings of a key that its owner chooses (limits and quota are the admin's).
+KEY_FIELDS = {"name", "models", "chips", "expires", "ips"}
+
+
+async def _with_owner(s: AsyncSession, table: type[ApiKey] | type[Session], where: Any) -> Any:
+    """A key's or session's row with its user and the user's group (None when the group is gone)."""
+    query = (
+        select(table, User, Group)
+        .join(User, User.id == table.user_id)
+        .outerjoin(Group, Group.name == User.group)
+        .where(where)
+    )
+    return (await s.execute(query)).one_or_none()
+
+
 async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip: str | None) -> Principal:
     key, pin = split_pin(presented)
-    row = (
-        await s.execute(
-            select(ApiKey, User, Group)
-            .join(User, User.id == ApiKey.user_id)
-            .outerjoin(Group, Group.name == User.group)
-            .where(ApiKey.key_hash == hash_key(secret, key))
-        )
-    ).one_or_none()
+    row = await _with_owner(s, ApiKey, ApiKey.key_hash == hash_key(secret, key))
     if row is None:
         raise AuthError("Incorrect API key provided.")
     api_key, user, group = row
@@ -292,14 +300,7 @@ async def login(s: AsyncSession, secret: bytes, name: str, password: str) -> tup
 
 
 async def session_principal(s: AsyncSession, secret: bytes, token: str) -> Principal:
-    row = (
-        await s.execute(
-            select(Session, User, Group)
-            .join(User, User.id == Session.user_id)
-            .outerjoin(Group, Group.name == User.group)
-            .where(Session.token_hash == hash_key(secret, token))
-        )
-    ).one_or_none()
+    row = await _with_owner(s, Session, Session.token_hash == hash_key(secret, token))
     if row is None or _aware(row[0].expires_at) <= _now() or not row[1].enabled:
         raise AuthError("Your console session has ended; log in again.", code="session_expired")
     _session, user, group = row

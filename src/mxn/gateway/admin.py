@@ -240,15 +240,7 @@ async def create_key(body: KeyCreate, request: Request) -> Response:
         user = await accounts.user_by_name(s, body.user)
         limits = body.model_dump(include={"rpm", "rpd", "tpm", "concurrency", "quota"})
         row, key = await accounts.create_key(
-            s,
-            state.secret,
-            user,
-            name=body.name,
-            models=body.models,
-            chips=body.chips,
-            expires=body.expires,
-            ips=body.ips,
-            limits=limits,
+            s, state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS), limits=limits
         )
         await _commit(request, s, catalog=False)
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)

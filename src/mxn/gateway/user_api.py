@@ -109,16 +109,7 @@ async def create_my_key(body: KeyCreate, request: Request) -> Response:
     state = _state(request)
     async with state.sessions() as s:
         user = await _confirm_password(s, principal.user_id, body.password)
-        row, key = await accounts.create_key(
-            s,
-            state.secret,
-            user,
-            name=body.name,
-            models=body.models,
-            chips=body.chips,
-            expires=body.expires,
-            ips=body.ips,
-        )
+        row, key = await accounts.create_key(s, state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS))
         await s.commit()
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
 
