@@ -18,6 +18,7 @@ from mxn.gateway import admin, responses, routes, user_api
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.memory import MemoryLimiter
+from mxn.routing import Router
 from mxn.store.db import create_engine, sessionmaker
 from mxn.usage import UsageWriter
 
@@ -49,10 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream_client(),
         make_limiter(settings.redis_url),
         UsageWriter(sessions),
+        Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),
     )
     await state.reload_catalog()
     state.start_refresh()
     state.usage.start()
+    state.start_health_checks()
     app.state.mxn = state
     try:
         yield

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # Quota unit: "tokens" (prompt + completion), or "credits" (micro-credits: per-1M-token prices of the
     # deployment times the group's multiplier).
     quota_unit: str = "tokens"
+    # Active health checks of every running endpoint (GET url + health_path), seconds apart.
+    health_interval: float = 10.0
+    # Circuit breaker: open after this many failures in a row, probe again after the cooldown.
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
     # Where mxn keeps files of its own (the demo model).
     data_dir: str = ".mxn"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.

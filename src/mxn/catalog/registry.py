@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn import engines
 from mxn.engines import EndpointConfig, Engine
-from mxn.errors import ModelNotFound, NotFound, ServiceUnavailable
+from mxn.errors import ModelNotFound, NotFound
 from mxn.store.models import Chip, Deployment, Endpoint, Model
 from mxn.tokens import Tokenizer, get_tokenizer
 
@@ -53,6 +54,9 @@ class EndpointInfo:
     supports: frozenset[str] | None
     engine: Engine
     row: dict[str, Any]
+    max_concurrency: int | None = None
+    health_path: str = "/models"
+    api_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -81,24 +85,6 @@ class Cell:
             if s in states:
                 return s
         return "stopped"
-
-    def candidates(self, pinned: int | None = None) -> list[EndpointInfo]:
-        """Running endpoints in the order to try: priority tiers first (higher first), weighted within a tier."""
-        if pinned is not None:
-            return [e for e in self.endpoints if e.id == pinned]
-        running = [e for e in self.endpoints if e.state == "running" and e.weight > 0]
-        if not running:
-            raise ServiceUnavailable(
-                f"deployment {self.name} has no running endpoint (state: {self.state})", code=f"deployment_{self.state}"
-            )
-        ordered: list[EndpointInfo] = []
-        for tier in sorted({e.priority for e in running}, reverse=True):
-            pool = [e for e in running if e.priority == tier]
-            while pool:
-                pick = random.choices(pool, weights=[e.weight for e in pool])[0]
-                pool.remove(pick)
-                ordered.append(pick)
-        return ordered
 
 
 @dataclass
@@ -131,7 +117,7 @@ class Catalog:
             )
         return found
 
-    def resolve(self, name: str) -> Cell:
+    def resolve(self, name: str, state_of: Callable[[Cell], str] = lambda c: c.state) -> Cell:
         """`name@chip`, or `name` alone: the chip whose deployment can serve now (running first)."""
         model, sep, chip = name.partition("@")
         if sep:
@@ -140,7 +126,7 @@ class Catalog:
         cells = self.cells_of(model)
         if not cells:
             raise NotFound(f"model '{model}' is not deployed on any chip", param="model", code="model_not_deployed")
-        running = [c for c in cells if c.state == "running"]
+        running = [c for c in cells if state_of(c) == "running"]
         return random.choice(running) if running else cells[0]
 
 
@@ -204,6 +190,9 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
                 config.supports,
                 engine,
                 {"engine": e.engine, "url": e.url, "path": e.path},
+                e.max_concurrency,
+                e.health_path,
+                e.api_key,
             )
         )
         detected = getattr(engine, "hardware", None)

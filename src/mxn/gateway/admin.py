@@ -379,9 +379,13 @@ async def _endpoint_rows(s: AsyncSession, where: Any = None) -> list[tuple[Endpo
 
 def _live(request: Request, view: dict[str, Any]) -> dict[str, Any]:
     """The stored endpoint plus what its engine reports now (the embedded engine's queue), if anything."""
-    info = _state(request).catalog.endpoint(view["id"])
-    stats = getattr(info.engine, "stats", None) if info else None
-    return {**view, "live": stats() if stats else None}
+    state = _state(request)
+    info = state.catalog.endpoint(view["id"])
+    if info is None:
+        return {**view, "live": None, "health": None}
+    stats = getattr(info.engine, "stats", None)
+    health = state.router.health.get(info.id)
+    return {**view, "live": stats() if stats else None, "health": health.view() if health else None}
 
 
 @router.get("/endpoints")

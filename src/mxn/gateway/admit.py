@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from mxn import metrics
 from mxn.accounts import quota
 from mxn.accounts.service import Principal
 from mxn.catalog.registry import Cell
@@ -72,7 +73,16 @@ class Admission:
                 )
             finally:
                 await self.state.limiter.release([r for r in self.rules if r.kind == CONCURRENT], self.request_id)
-        p = self.principal
+        p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id
+        latency = time.perf_counter() - self.started
+        metrics.REQUESTS.labels(model, chip, str(status)).inc()
+        metrics.LATENCY.labels(model, chip).observe(latency)
+        if self.ttft_ms is not None:
+            metrics.TTFT.labels(model, chip).observe(self.ttft_ms / 1000)
+        metrics.TOKENS.labels(model, chip, "prompt").inc(prompt)
+        metrics.TOKENS.labels(model, chip, "completion").inc(completion)
+        if error:
+            metrics.ERRORS.labels(model, chip, error).inc()
         self.state.usage.add(
             record(
                 user_id=p.user_id,
@@ -92,8 +102,10 @@ class Admission:
         )
 
 
-def _refused(state: AppState, principal: Principal, cell: Cell, route: str, error: str) -> None:
+def _refused(state: AppState, principal: Principal, cell: Cell, route: str, error: str, scope: str, limit: str) -> None:
     """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
+    metrics.LIMITED.labels(scope, limit).inc()
+    metrics.REQUESTS.labels(cell.model.name, cell.chip.id, "429").inc()
     state.usage.add(
         record(
             user_id=principal.user_id,
@@ -121,7 +133,9 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
     if not decision.allowed:
         denied = decision.denied_by
         what = f"{denied.key.rsplit(':', 1)[-1]} limit of {denied.limit}" if denied else "rate limit"
-        _refused(state, principal, cell, route, "rate_limit_exceeded")
+        scope = denied.key.split(":", 1)[0] if denied else "unknown"  # key, user or cell
+        limit = denied.key.rsplit(":", 1)[-1] if denied else "unknown"  # rpm, rpd, tpm, concurrency
+        _refused(state, principal, cell, route, "rate_limit_exceeded", scope, limit)
         raise RateLimited(
             f"Rate limit reached: {what}. Retry after {limit_headers['retry-after']}s.", headers=limit_headers
         )
@@ -136,7 +150,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         )
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
-        _refused(state, principal, cell, route, exc.code or "insufficient_quota")
+        _refused(state, principal, cell, route, exc.code or "insufficient_quota", "quota", "balance")
         exc.headers = {**limit_headers, **exc.headers}
         raise
     if reservation.amount < want:

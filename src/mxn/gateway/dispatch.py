@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -9,43 +10,73 @@ from typing import Any, TypeVar
 import anyio
 import orjson
 
-from mxn.catalog.registry import EndpointInfo
+from mxn.catalog.registry import Cell, EndpointInfo
 from mxn.engines import ChunkStream
 from mxn.errors import MxnError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from mxn.gateway.normalize import StreamNormalizer
 from mxn.gateway.params import Prepared, for_endpoint
+from mxn.routing import Health, Router
 
 log = logging.getLogger("mxn.dispatch")
 T = TypeVar("T")
 # Worth another endpoint: it may well succeed where this one failed.
 RETRYABLE = (UpstreamError, UpstreamTimeout, RateLimited, ServiceUnavailable)
+# An endpoint that is busy (429) is not broken: it goes to the next without counting against its breaker.
+BUSY = (RateLimited,)
 
 
 async def _failover(
-    candidates: list[EndpointInfo], prepared: Prepared, attempt: Callable[[EndpointInfo, dict[str, Any]], Awaitable[T]]
-) -> tuple[EndpointInfo, T]:
+    router: Router,
+    cell: Cell,
+    candidates: list[EndpointInfo],
+    prepared: Prepared,
+    attempt: Callable[[EndpointInfo, dict[str, Any]], Awaitable[T]],
+) -> tuple[EndpointInfo, Health, T]:
     last: MxnError | None = None
-    for endpoint in candidates:
+    for i, endpoint in enumerate(candidates):
+        if i:
+            await asyncio.sleep(min(0.05 * 2 ** (i - 1), 0.5))  # back off a little before the next endpoint
+        health = router.started(cell, endpoint)
         try:
-            return endpoint, await attempt(endpoint, for_endpoint(prepared, endpoint))
+            result = await attempt(endpoint, for_endpoint(prepared, endpoint))
         except RETRYABLE as exc:
-            log.warning("endpoint %s failed (%s); %s", endpoint.id, exc.message, "trying next" if last else "")
+            router.finished(health)
+            if not isinstance(exc, BUSY):
+                router.failed(health, exc.code or type(exc).__name__)
+            log.warning(
+                "endpoint %s failed (%s)%s",
+                endpoint.id,
+                exc.message,
+                "; trying the next" if i + 1 < len(candidates) else "",
+            )
             last = exc
+            continue
+        except BaseException:
+            router.finished(health)
+            raise
+        router.succeeded(health)
+        return endpoint, health, result
     if last is None:
         raise ServiceUnavailable("no endpoint to send this request to")
     raise last
 
 
-async def call(candidates: list[EndpointInfo], route: str, prepared: Prepared) -> tuple[EndpointInfo, dict[str, Any]]:
-    return await _failover(candidates, prepared, lambda e, body: e.engine.call(route, body))
+async def call(
+    router: Router, cell: Cell, candidates: list[EndpointInfo], route: str, prepared: Prepared
+) -> tuple[EndpointInfo, dict[str, Any]]:
+    endpoint, health, data = await _failover(
+        router, cell, candidates, prepared, lambda e, body: e.engine.call(route, body)
+    )
+    router.finished(health)
+    return endpoint, data
 
 
 async def open_stream(
-    candidates: list[EndpointInfo], route: str, prepared: Prepared
+    router: Router, cell: Cell, candidates: list[EndpointInfo], route: str, prepared: Prepared
 ) -> tuple[EndpointInfo, ChunkStream]:
     """A stream whose first chunk has already arrived: until then, failing over is still invisible."""
 
-    async def attempt(endpoint: EndpointInfo, body: dict[str, Any]) -> ChunkStream:
+    async def attempt(endpoint: EndpointInfo, body: dict[str, Any]) -> tuple[ChunkStream, Any, Any]:
         stream = await endpoint.engine.open_stream(route, body)
         chunks = aiter(stream)
         try:
@@ -53,25 +84,42 @@ async def open_stream(
         except BaseException:
             await stream.aclose()
             raise
-        return Primed(stream, chunks, first)
+        return stream, chunks, first
 
-    return await _failover(candidates, prepared, attempt)
+    endpoint, health, (stream, chunks, first) = await _failover(router, cell, candidates, prepared, attempt)
+    return endpoint, Primed(stream, chunks, first, router, health)
 
 
 class Primed:
-    """A stream with its first chunk read ahead."""
+    """A stream with its first chunk read ahead; it tells the router how the rest went."""
 
-    def __init__(self, stream: ChunkStream, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None):
+    def __init__(
+        self,
+        stream: ChunkStream,
+        chunks: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        router: Router,
+        health: Health,
+    ) -> None:
         self.stream, self.chunks, self.first = stream, chunks, first
+        self.router, self.health = router, health
+        self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         if self.first is not None:
             yield self.first
-        async for chunk in self.chunks:
-            yield chunk
+        try:
+            async for chunk in self.chunks:
+                yield chunk
+        except MxnError as exc:
+            self.router.failed(self.health, exc.code or "stream broke")
+            raise
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        if not self.closed:
+            self.closed = True
+            self.router.finished(self.health)
+            await self.stream.aclose()
 
 
 DONE = b"data: [DONE]\n\n"

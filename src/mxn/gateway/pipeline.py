@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from mxn.accounts.service import Principal
-from mxn.catalog.registry import Cell
+from mxn.catalog.registry import Cell, EndpointInfo
 from mxn.errors import InvalidRequest, MxnError
 from mxn.gateway import dispatch, normalize
 from mxn.gateway.admit import admit
@@ -42,11 +42,12 @@ def resolve_cell(state: AppState, ref: CellRef, model: Any) -> Cell:
         return state.catalog.cell(*ref)
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_model")
-    return state.catalog.resolve(model)
+    return state.catalog.resolve(model, state.router.cell_state)
 
 
-def _pin(principal: Principal) -> int | None:
-    return principal.pinned_endpoint if principal.is_admin else None
+def _candidates(request: Request, cell: Cell, principal: Principal) -> list[EndpointInfo]:
+    state: AppState = request.app.state.mxn
+    return state.router.candidates(cell, principal.pinned_endpoint if principal.is_admin else None)
 
 
 def _need_generative(cell: Cell) -> None:
@@ -73,14 +74,15 @@ async def completions(request: Request, ref: CellRef = None) -> Response:
 async def _generate(
     request: Request, cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str
 ) -> Response:
-    candidates = cell.candidates(_pin(principal))
-    adm = await admit(request.app.state.mxn, principal, cell, prepared, route)
+    state: AppState = request.app.state.mxn
+    candidates = _candidates(request, cell, principal)
+    adm = await admit(state, principal, cell, prepared, route)
     tok = cell.model.tokenizer
     try:
         if prepared.stream:
-            endpoint, stream = await dispatch.open_stream(candidates, route, prepared)
+            endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
         else:
-            endpoint, data = await dispatch.call(candidates, route, prepared)
+            endpoint, data = await dispatch.call(state.router, cell, candidates, route, prepared)
     except MxnError as exc:
         await adm.finish(exc.status, 0, 0, error=exc.code)  # nothing was generated: all of it back
         exc.headers = {**adm.headers, **exc.headers}
@@ -116,10 +118,11 @@ async def embeddings(request: Request) -> Response:
     tok = cell.model.tokenizer
     prompt_tokens = sum(tok.count(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1) for x in inputs)
     prepared = Prepared(dict(raw, model=cell.model.name), prompt_tokens, 0, False, False)
-    candidates = cell.candidates(_pin(principal))
-    adm = await admit(request.app.state.mxn, principal, cell, prepared, "embeddings")
+    state: AppState = request.app.state.mxn
+    candidates = _candidates(request, cell, principal)
+    adm = await admit(state, principal, cell, prepared, "embeddings")
     try:
-        endpoint, data = await dispatch.call(candidates, "embeddings", prepared)
+        endpoint, data = await dispatch.call(state.router, cell, candidates, "embeddings", prepared)
     except MxnError as exc:
         await adm.finish(exc.status, 0, 0, error=exc.code)
         exc.headers = {**adm.headers, **exc.headers}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from mxn import metrics
 from mxn.errors import ServiceUnavailable
 from mxn.gateway import pipeline, views
 from mxn.gateway.auth import api_principal
@@ -43,7 +45,10 @@ async def v1_embeddings(request: Request) -> Response:
 @router.get("/v1/models", tags=["openai"])
 async def v1_models(request: Request) -> Response:
     principal = await api_principal(request)
-    data = views.model_list(_state(request).catalog, _STARTED, include_private=principal.is_admin)
+    state = _state(request)
+    data = views.model_list(
+        state.catalog, _STARTED, include_private=principal.is_admin, state_of=state.router.cell_state
+    )
     return json_response({"object": "list", "data": data})
 
 
@@ -79,7 +84,7 @@ async def maas_model_details(model: str, chip: str, request: Request) -> Respons
             "context_length": cell.model.context_length,
             "tokenizer": tok.name,
             "tokenizer_note": tok.fallback_note,
-            "state": cell.state,
+            "state": _state(request).router.cell_state(cell),
             "hardware": cell.disclosure,
         }
     )
@@ -91,7 +96,8 @@ async def maas_models(model: str, chip: str, request: Request) -> Response:
     cell = _state(request).catalog.cell(model, chip)
     principal.check_cell(cell.model.name, cell.chip.id)
     entry = views.model_object(cell.model, _STARTED)
-    return json_response({"object": "list", "data": [entry, views.model_object(cell.model, _STARTED, cell)]})
+    cell_entry = views.model_object(cell.model, _STARTED, cell, _state(request).router.cell_state)
+    return json_response({"object": "list", "data": [entry, cell_entry]})
 
 
 # --- GenStudio console API: the filterable M×N catalogue ---
@@ -109,7 +115,7 @@ async def genstudio_model_list(
             continue
         cells = [c for c in catalog.cells_of(model.name) if not chip or c.chip.id == chip]
         if cells:
-            entries.append(views.genstudio_entry(model, cells))
+            entries.append(views.genstudio_entry(model, cells, _state(request).router.cell_state))
     return json_response({"code": 0, "message": "success", "data": {"model_list": entries, "total": len(entries)}})
 
 
@@ -131,6 +137,10 @@ async def readyz(request: Request) -> Response:
     loading = [c.name for c in cells for e in c.endpoints if not getattr(e.engine, "ready", True)]
     if loading:
         raise ServiceUnavailable(f"loading models: {', '.join(sorted(set(loading)))}", code="not_ready")
-    return json_response(
-        {"status": "ready", "deployments": len(cells), "running": sum(c.state == "running" for c in cells)}
-    )
+    running = sum(state.router.cell_state(c) == "running" for c in cells)
+    return json_response({"status": "ready", "deployments": len(cells), "running": running})
+
+
+@router.get("/metrics", tags=["health"])
+async def prometheus_metrics() -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
 from mxn.limits import Limiter
+from mxn.routing import Router
 from mxn.usage import UsageWriter
 
 log = logging.getLogger("mxn")
@@ -27,8 +28,10 @@ class AppState:
     http: httpx.AsyncClient
     limiter: Limiter
     usage: UsageWriter
+    router: Router = field(default_factory=Router)
     catalog: Catalog = field(default_factory=Catalog)
     _refresher: asyncio.Task[None] | None = None
+    _checker: asyncio.Task[None] | None = None
 
     async def reload_catalog(self) -> None:
         self.catalog = await load_catalog_snapshot(self.sessions, self.http)
@@ -45,11 +48,23 @@ class AppState:
             except Exception as exc:  # the old snapshot keeps serving
                 log.warning("catalogue refresh failed: %s", type(exc).__name__)
 
+    def start_health_checks(self) -> None:
+        self._checker = asyncio.create_task(self._check_loop())
+
+    async def _check_loop(self) -> None:
+        while True:
+            try:
+                await self.router.check_all(self.catalog, self.http)
+            except Exception as exc:
+                log.warning("health checks failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.health_interval)
+
     async def close(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._checker):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.usage.close()  # a clean shutdown loses no usage record
         await self.limiter.close()
         await self.http.aclose()

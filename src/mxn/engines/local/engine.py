@@ -108,6 +108,10 @@ class LocalEngine:
     def ready(self) -> bool:
         return self._loaded.done()
 
+    @property
+    def failed(self) -> bool:
+        return self._loaded.done() and self._loaded.exception() is not None
+
     def stats(self) -> dict[str, Any]:
         """Live state for /admin: sequences decoding now, waiting, decode steps taken."""
         if not self._loaded.done() or self._loaded.exception() is not None:

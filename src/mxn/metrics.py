@@ -1,0 +1,34 @@
+"""Prometheus metrics. Labels are model, chip and endpoint id: bounded by the catalogue, never by users."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry()
+_CELL = ("model", "chip")
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("mxn_requests_total", "Requests by cell and outcome", (*_CELL, "status"), registry=REGISTRY)
+ERRORS = Counter("mxn_errors_total", "Failed requests by cell and error code", (*_CELL, "code"), registry=REGISTRY)
+LATENCY = Histogram("mxn_request_seconds", "Request latency", _CELL, buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+TTFT = Histogram("mxn_ttft_seconds", "Time to first token", _CELL, buckets=_TTFT_BUCKETS, registry=REGISTRY)
+TOKENS = Counter("mxn_tokens_total", "Tokens by cell and kind", (*_CELL, "kind"), registry=REGISTRY)
+IN_FLIGHT = Gauge("mxn_in_flight", "Requests in flight per endpoint", (*_CELL, "endpoint"), registry=REGISTRY)
+UPSTREAM = Counter(
+    "mxn_upstream_attempts_total", "Calls to endpoints by result", (*_CELL, "endpoint", "result"), registry=REGISTRY
+)
+LIMITED = Counter("mxn_limiter_rejections_total", "Requests refused by a limit", ("scope", "limit"), registry=REGISTRY)
+BREAKER = Gauge(
+    "mxn_breaker_state",
+    "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open",
+    (*_CELL, "endpoint"),
+    registry=REGISTRY,
+)
+HEALTHY = Gauge(
+    "mxn_endpoint_healthy", "Last active health check: 1 passed, 0 failed", (*_CELL, "endpoint"), registry=REGISTRY
+)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
