@@ -66,8 +66,8 @@ def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None 
     raise RuntimeError(f"{cmd} not ready after {timeout}s:\n{proc.output()}")
 
 
-def start_upstream(tmp: Path, mode: str, *extra: str) -> Proc:
-    port = free_port()
+def start_upstream(tmp: Path, mode: str, *extra: str, port: int | None = None) -> Proc:
+    port = port or free_port()
     cmd = [sys.executable, str(ROOT / "tests/fakes/upstream.py"), "--port", str(port), "--mode", mode, *extra]
     proc = start(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / f"upstream-{mode}-{port}.log")
     proc.url = f"http://127.0.0.1:{port}/v1"

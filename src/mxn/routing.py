@@ -61,17 +61,11 @@ class Router:
 
     def of(self, cell: Cell, endpoint: EndpointInfo) -> Health:
         h = self.health.get(endpoint.id)
-        if h is None or h.endpoint is not endpoint:
-            old = h
+        if h is None:
             h = self.health[endpoint.id] = Health(endpoint, (cell.model.name, cell.chip.id, str(endpoint.id)))
-            if old is not None:  # a catalogue reload made a new EndpointInfo: keep what we knew
-                h.in_flight, h.failures, h.breaker, h.opened_at = (
-                    old.in_flight,
-                    old.failures,
-                    old.breaker,
-                    old.opened_at,
-                )
-                h.healthy, h.recent, h.changes = old.healthy, old.recent, old.changes
+        elif h.endpoint is not endpoint:
+            # A catalogue reload made a new EndpointInfo for the same endpoint: the counters carry on.
+            h.endpoint = endpoint
         return h
 
     def state(self, cell: Cell, endpoint: EndpointInfo) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 from typing import Annotated
 
 import typer
@@ -62,6 +63,10 @@ def serve(
             f"  user:     admin\n  password: {password}\n  API key:  {key}\n"
             f"  API:      {base}/v1  (GenStudio form: {base}/maas/{{model}}/{{chip}}/)\n"
         )
+    # uvicorn shuts down gracefully on SIGTERM (no new connections, open streams finish within the deadline,
+    # usage flushed) and then raises the signal again; with this handler that last step is a no-op, so a
+    # clean stop exits 0 as process managers expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         "mxn.app:create_app",
         factory=True,
