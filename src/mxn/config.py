@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # Circuit breaker: open after this many failures in a row, probe again after the cooldown.
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
+    # On SIGTERM, open requests and streams get this long to finish before the process exits.
+    shutdown_grace: float = 30.0
     # Where mxn keeps files of its own (the demo model).
     data_dir: str = ".mxn"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.

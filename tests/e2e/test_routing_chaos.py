@@ -125,6 +125,8 @@ def test_an_endpoint_killed_and_restarted_under_load(cluster: Cluster) -> None:
             client.chat.completions.create(model="chaos", messages=[{"role": "user", "content": "x"}])
             time.sleep(0.2)
         assert any("breaker open" in c for c in changes), changes
+        (cell,) = admin.get("/admin/cells").json()["data"]
+        assert cell["state"] == "running" and len(cell["endpoints"]) == 3
         assert ep["health"]["breaker"] == "closed" and ep["health"]["healthy"], ep["health"]
         metrics = admin.get("/metrics").text
 

@@ -518,6 +518,38 @@ async def admin_usage(
     return usage_response(rows, format)
 
 
+@router.get("/cells")
+async def cells(request: Request) -> Response:
+    """The M×N grid as it runs now: each cell's effective state and its endpoints' health."""
+    state = _state(request)
+    data = []
+    for cell in state.catalog.cells.values():
+        endpoints = []
+        for e in cell.endpoints:
+            health = state.router.health.get(e.id)
+            endpoints.append(
+                {
+                    "id": e.id,
+                    "state": state.router.state(cell, e),
+                    "configured_state": e.state,
+                    "weight": e.weight,
+                    "priority": e.priority,
+                    "health": health.view() if health else None,
+                }
+            )
+        data.append(
+            {
+                "id": cell.id,
+                "name": cell.name,
+                "model": cell.model.name,
+                "chip": cell.chip.id,
+                "state": state.router.cell_state(cell),
+                "endpoints": endpoints,
+            }
+        )
+    return json_response({"data": data})
+
+
 def _simple_routes(
     path: str,
     table: type[Any],
