@@ -66,6 +66,13 @@ def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None 
     raise RuntimeError(f"{cmd} not ready after {timeout}s:\n{proc.output()}")
 
 
+def start_serve(log: Path, database_url: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+    """`mxn serve` on a free port with these extra arguments, ready when this returns."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mxn", "serve", "--port", str(port), "--database-url", database_url, *args]
+    return start(cmd, f"http://127.0.0.1:{port}/readyz", log, env=env)
+
+
 def start_upstream(tmp: Path, mode: str, *extra: str, port: int | None = None) -> Proc:
     port = port or free_port()
     cmd = [sys.executable, str(ROOT / "tests/fakes/upstream.py"), "--port", str(port), "--mode", mode, *extra]

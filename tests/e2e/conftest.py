@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server, first_start_key, free_port, start, start_upstream
+from tests.conftest import Server, first_start_key, start_serve, start_upstream
 
 CATALOG = """
 chips:
@@ -107,25 +106,10 @@ def catalog_file(upstreams, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def server(database_url, catalog_file, upstreams, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mxn",
-        "serve",
-        "--port",
-        str(port),
-        "--catalog",
-        str(catalog_file),
-        "--database-url",
-        database_url,
-    ]
     env = {"MXN_ADMIN_KEY": ADMIN_KEY, "SSE_URL": upstreams["sse"].url}
-    proc = start(cmd, f"http://127.0.0.1:{port}/readyz", log, env=env)
+    proc = start_serve(log, database_url, "--catalog", str(catalog_file), env=env)
     try:
-        yield Server(
-            f"http://127.0.0.1:{port}", first_start_key(proc.output()), ADMIN_KEY, database_url, proc, upstreams
-        )
+        yield Server(proc.url, first_start_key(proc.output()), ADMIN_KEY, database_url, proc, upstreams)
     finally:
         proc.stop()

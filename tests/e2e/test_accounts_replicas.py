@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Proc, free_port, mxn, pg_database, start
+from tests.conftest import Proc, mxn, pg_database, start_serve
 from tests.e2e.conftest import ADMIN_KEY
 
 CATALOG = """
@@ -61,20 +60,8 @@ def replicas(upstreams, redis_url, tmp_path_factory) -> Iterator[Replicas]:  # t
         procs: list[Proc] = []
         try:
             for i in range(2):
-                port = free_port()
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "mxn",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--catalog",
-                    str(catalog),
-                    "--database-url",
-                    database_url,
-                ]
-                procs.append(start(cmd, f"http://127.0.0.1:{port}/readyz", tmp / f"serve{i}.log", env=env))
+                log = tmp / f"serve{i}.log"
+                procs.append(start_serve(log, database_url, "--catalog", str(catalog), env=env))
             yield Replicas([p.url for p in procs], database_url, procs)
         finally:
             for p in procs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Proc, first_start_key, free_port, mxn, start, start_upstream
+from tests.conftest import Proc, first_start_key, mxn, start_serve, start_upstream
 
 PROMPT = "alpha beta gamma delta epsilon zeta eta theta"  # the fake echoes it word by word
 EXPECTED = f"echo(1): {PROMPT}"
@@ -50,22 +49,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     upstreams = [start_upstream(tmp_path, "sse", "--delay", "0.04") for _ in range(3)]
     ports = [int(u.url.rsplit(":", 1)[1].split("/")[0]) for u in upstreams]
     db = f"sqlite+aiosqlite:///{tmp_path / 'chaos.db'}"
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mxn",
-        "serve",
-        "--port",
-        str(port),
-        "--catalog",
-        str(_catalog(tmp_path, [u.url for u in upstreams])),
-        "--database-url",
-        db,
-    ]
     env = {"MXN_DEMO": "0", "MXN_HEALTH_INTERVAL": "0.5", "MXN_BREAKER_COOLDOWN": "1"}
-    server = start(cmd, f"http://127.0.0.1:{port}/readyz", tmp_path / "serve.log", env=env)
-    c = Cluster(f"http://127.0.0.1:{port}", first_start_key(server.output()), db, server, upstreams, ports, tmp_path)
+    catalog = _catalog(tmp_path, [u.url for u in upstreams])
+    server = start_serve(tmp_path / "serve.log", db, "--catalog", str(catalog), env=env)
+    c = Cluster(server.url, first_start_key(server.output()), db, server, upstreams, ports, tmp_path)
     try:
         yield c
     finally:
