@@ -74,6 +74,14 @@ class PayloadTooLarge(MxnError):
     default_code = "request_too_large"
 
 
+class ClientGone(MxnError):
+    """The client hung up before the answer was ready (nginx's 499); nobody reads this response."""
+
+    status = 499
+    type = "client_closed"
+    default_code = "client_closed"
+
+
 class UnprocessableEntity(InvalidRequest):
     """Schema errors: OpenAI answers these with 400 too, so the status stays 400."""
 

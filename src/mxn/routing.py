@@ -90,13 +90,14 @@ class Router:
                 f"deployment {cell.name} has no running endpoint (state: {cell.state})", code=f"deployment_{cell.state}"
             )
         usable = [e for e in running if self._admits(cell, e)]
+        # (Callers start the first candidate with no await in between, so these counts stay true.)
         if not usable:
             raise ServiceUnavailable(
                 f"every endpoint of {cell.name} is failing or unhealthy; retry shortly",
                 code="deployment_unhealthy",
                 headers={"retry-after": str(int(self.cooldown))},
             )
-        free = [e for e in usable if e.max_concurrency is None or self.of(cell, e).in_flight < e.max_concurrency]
+        free = [e for e in usable if self._has_room(cell, e)]
         if not free:
             raise RateLimited(
                 f"every endpoint of {cell.name} is at its concurrency limit",
@@ -106,10 +107,18 @@ class Router:
         ordered = []
         for tier in sorted({e.priority for e in free}, reverse=True):
             pool = [e for e in free if e.priority == tier]
-            random.shuffle(pool)  # ties between equally loaded endpoints go either way
-            pool.sort(key=lambda e: self.of(cell, e).in_flight / e.weight)
-            ordered += pool
+            # Least loaded for its weight first; among equally loaded ones, a weighted random order
+            # (Efraimidis–Spirakis: u ** (1/w), largest first), so that weight counts at low load too.
+            keys = {e.id: (self.of(cell, e).in_flight / e.weight, -(random.random() ** (1 / e.weight))) for e in pool}
+            ordered += sorted(pool, key=lambda e: keys[e.id])
         return ordered
+
+    def available(self, cell: Cell, e: EndpointInfo) -> bool:
+        """Still worth trying now (a later failover candidate may have filled up or tripped meanwhile)."""
+        return e.state == "running" and self._admits(cell, e) and self._has_room(cell, e)
+
+    def _has_room(self, cell: Cell, e: EndpointInfo) -> bool:
+        return e.max_concurrency is None or self.of(cell, e).in_flight < e.max_concurrency
 
     def _admits(self, cell: Cell, e: EndpointInfo) -> bool:
         h = self.of(cell, e)
@@ -132,6 +141,7 @@ class Router:
 
     def finished(self, h: Health) -> None:
         h.in_flight = max(0, h.in_flight - 1)
+        h.probing = False  # a probe that ended without a verdict (429, 400, cancelled) frees the slot
         metrics.IN_FLIGHT.labels(*h.labels).set(h.in_flight)
 
     def succeeded(self, h: Health) -> None:

@@ -68,6 +68,9 @@ class UsageWriter:
                 async with self.sessions() as s:
                     await s.execute(insert(Usage), rows)
                     await s.commit()
+            except asyncio.CancelledError:
+                self.pending[:0] = rows  # shutdown interrupted this write: close() writes them again
+                raise
             except Exception as exc:
                 # Keep them for the next round rather than lose them; the store may be back by then.
                 log.error("writing %d usage records failed: %s", len(rows), type(exc).__name__)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.conftest import Server
 
@@ -128,5 +130,43 @@ def test_a_cell_limit_applies_to_everyone_together(server: Server) -> None:
                 assert second.status_code == 429 and second.headers["retry-after"] == "1"
                 assert first.result().status_code == 200
                 assert c.post(url, json={"prompt": "z"}).status_code == 200  # the slot came back
+        finally:
+            admin.delete(f"/admin/deployments/{dep['id']}")
+
+
+def test_an_endpoint_concurrency_cap_holds_under_a_burst(server: Server) -> None:
+    with server.admin() as admin:
+        dep = admin.post(
+            "/admin/deployments",
+            json={
+                "model": "chatglm3-6b",
+                "chip": "iluvatar",
+                "endpoints": [{"url": server.upstreams["slowish"].url, "max_concurrency": 1}],
+            },
+        ).json()
+        try:
+            url = "/maas/chatglm3-6b/iluvatar/chat/completions"
+            body = {"messages": [{"role": "user", "content": "a b c"}]}
+            with server.client() as c, ThreadPoolExecutor(6) as pool:
+                statuses = Counter(r.status_code for r in pool.map(lambda _: c.post(url, json=body), range(6)))
+            assert statuses == {200: 1, 429: 5}
+        finally:
+            admin.delete(f"/admin/deployments/{dep['id']}")
+
+
+def test_a_client_leaving_a_non_stream_request_cancels_it(server: Server) -> None:
+    with server.admin() as admin:
+        dep = admin.post(
+            "/admin/deployments",
+            json={"model": "chatglm3-6b", "chip": "iluvatar", "endpoints": [{"url": server.upstreams["slow"].url}]},
+        ).json()
+        try:
+            body = {"messages": [{"role": "user", "content": "one two three four"}]}
+            with server.client() as c, pytest.raises(httpx.ReadTimeout):
+                c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
+            time.sleep(1.0)  # the next usage batch
+            row = admin.get("/admin/usage", params={"limit": 1}).json()["data"][0]
+            assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
+            assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0
         finally:
             admin.delete(f"/admin/deployments/{dep['id']}")

@@ -309,3 +309,15 @@ def test_expired_key_and_disabled_user_get_401(server: Server) -> None:
         assert admin.patch(f"/admin/users/{user_id}", json={"enabled": False}).status_code == 200
     with server.client(key) as c:
         assert_error(c.post(CHAT, json={"messages": MSG}), 401, "key_disabled")
+
+
+def test_a_private_model_is_invisible_to_other_users(server: Server) -> None:
+    mxn("users", "create", "outsider", database_url=server.database_url)
+    key = mxn("keys", "create", "--user", "outsider", database_url=server.database_url).stdout.split()[-1]
+    with server.client(key) as c:
+        assert_error(
+            c.post("/maas/private-model/nvidia/chat/completions", json={"messages": MSG}), 404, "model_not_found"
+        )
+        assert "private-model" not in c.get("/v1/models").text
+    with server.client() as c:  # the admin still reaches it
+        assert c.post("/maas/private-model/nvidia/chat/completions", json={"messages": MSG}).status_code == 200

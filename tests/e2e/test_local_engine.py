@@ -125,18 +125,20 @@ def test_same_seed_and_temperature_give_the_same_text(local: Server) -> None:
     assert [c.index for c in r.choices] == [0, 1]
 
 
-def test_sampling_parameters_are_accepted(local: Server) -> None:
-    text = chat(
+def test_sampling_parameters_change_what_is_generated(local: Server) -> None:
+    plain = chat(local, "What is mxn?", temperature=0, max_tokens=40)
+    penalised = chat(
         local,
         "What is mxn?",
-        temperature=0.8,
-        top_p=0.9,
-        max_tokens=20,
-        presence_penalty=0.5,
-        frequency_penalty=0.5,
-        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.2},
+        temperature=0,
+        max_tokens=40,
+        frequency_penalty=2.0,
+        extra_body={"repetition_penalty": 1.8},
     )
-    assert isinstance(text, str)
+    assert plain and penalised and penalised != plain  # the penalties really reach the sampler
+    kw = {"temperature": 0.9, "top_p": 0.9, "max_tokens": 30, "seed": 5, "extra_body": {"top_k": 20, "min_p": 0.05}}
+    assert chat(local, "What is mxn?", **kw) == chat(local, "What is mxn?", **kw)
+    assert chat(local, "Hello", temperature=1e-45, max_tokens=20) == chat(local, "Hello", temperature=0, max_tokens=20)
 
 
 def test_eight_concurrent_streams_all_complete_correctly(local: Server) -> None:

@@ -62,6 +62,8 @@ async def generate(request: Request) -> Response:
     usage = {"prompt_tokens": 11, "completion_tokens": len(_pieces(text)), "total_tokens": 11 + len(_pieces(text))}
     if body.get("stream"):
         return StreamingResponse(_stream(body, chat, text, usage), media_type="text/event-stream")
+    if DELAY:  # a slow engine answers a whole completion as late as it would have streamed it
+        await asyncio.sleep(DELAY * len(_pieces(text)))
     data: dict[str, Any] = {
         "id": "up-1",
         "object": "chat.completion" if chat else "text_completion",

@@ -31,6 +31,11 @@ async def create_codes(s: AsyncSession, secret: bytes, quota: int, count: int) -
 
 async def redeem(s: AsyncSession, secret: bytes, user_id: int, code: str) -> int:
     """Credit the code's quota to the user, in one transaction that only one caller can win."""
+    user = await s.get(User, user_id)
+    if user is None or user.quota is None:
+        raise InvalidRequest(
+            "your quota is unlimited: keep the code for someone who needs it", param="code", code="quota_unlimited"
+        )
     now = datetime.now(UTC)
     claimed = await s.execute(
         update(Code)
@@ -42,7 +47,6 @@ async def redeem(s: AsyncSession, secret: bytes, user_id: int, code: str) -> int
     if quota is None:
         await s.rollback()
         raise NotFound("this code does not exist or has already been redeemed", param="code", code="invalid_code")
-    # An unlimited user (NULL) stays unlimited; a limited one gains the code's quota.
-    await s.execute(update(User).where(User.id == user_id, User.quota.is_not(None)).values(quota=User.quota + quota))
+    await s.execute(update(User).where(User.id == user_id).values(quota=User.quota + quota))
     await s.commit()
     return int(quota)

@@ -162,7 +162,7 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
             d.price_input,
             d.price_output,
             dict(d.disclosure or {}),
-            limits=tuple((n, v) for n in ("rpm", "tpm", "concurrency") if (v := getattr(d, n))),
+            limits=tuple((n, v) for n in ("rpm", "rpd", "tpm", "concurrency") if (v := getattr(d, n))),
         )
         cat.cells[(d.model, d.chip)] = by_id[d.id] = cell
     for e in endpoints:

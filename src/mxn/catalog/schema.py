@@ -46,16 +46,16 @@ class Strict(BaseModel):
 
 class ChipSpec(Strict):
     id: str = Field(pattern=_ID)
-    name: str | None = None
-    alias: str | None = None
+    name: str | None = Field(default=None, max_length=64)
+    alias: str | None = Field(default=None, max_length=64)
 
 
 class ModelSpec(Strict):
     name: str = Field(pattern=_NAME)
     context_length: int = Field(default=4096, ge=1, le=10_000_000)
-    tokenizer: str | None = None
+    tokenizer: str | None = Field(default=None, max_length=256)
     kind: Literal["chat", "completion", "embedding"] = "chat"
-    family: str | None = None
+    family: str | None = Field(default=None, max_length=64)
     public: bool = True
     defaults: dict[str, Any] | None = None
 
@@ -93,16 +93,16 @@ class Timeouts(Strict):
 
 
 class EndpointSpec(Strict):
-    engine: str = "openai"
-    url: str | None = None
-    path: str | None = None
-    upstream_model: str | None = None
-    api_key: str | None = None
+    engine: str = Field(default="openai", max_length=32)
+    url: str | None = Field(default=None, max_length=512)
+    path: str | None = Field(default=None, max_length=512)
+    upstream_model: str | None = Field(default=None, max_length=256)
+    api_key: str | None = Field(default=None, max_length=512)
     stream_format: Literal["sse", "jsonl"] = "sse"
     weight: int = Field(default=1, ge=0, le=1000)
     priority: int = 0
     state: Literal["running", "unhealthy", "stopped", "deploying"] = "running"
-    health_path: str = "/models"
+    health_path: str = Field(default="/models", max_length=256)
     timeouts: Timeouts | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
     supports: list[str] | None = None
@@ -116,6 +116,13 @@ class EndpointSpec(Strict):
         unknown = sorted(set(v or {}) - {"device", "dtype", "max_batch", "max_waiting"})
         if unknown:
             raise ValueError(f"unknown engine option(s): {', '.join(unknown)}")
+        if v and v.get("dtype", "auto") not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("options.dtype is auto, float32, bfloat16 or float16")
+        if v and not re.fullmatch(r"auto|cpu|cuda(:\d+)?|npu(:\d+)?", str(v.get("device", "auto"))):
+            raise ValueError("options.device is auto, cpu, cuda, cuda:N, npu or npu:N")
+        for name in ("max_batch", "max_waiting"):
+            if v and name in v and (not isinstance(v[name], int) or v[name] < 1):
+                raise ValueError(f"options.{name} is a positive integer")
         return v
 
     @model_validator(mode="after")
@@ -138,6 +145,7 @@ class CellLimits(Strict):
     """Limits on a whole cell, all users together (e.g. a small accelerator pool)."""
 
     rpm: int | None = Field(default=None, ge=1)
+    rpd: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     concurrency: int | None = Field(default=None, ge=1)
 

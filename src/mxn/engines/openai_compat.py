@@ -88,6 +88,7 @@ class OpenAICompatEngine:
         return data
 
     async def open_stream(self, route: str, body: dict[str, Any]) -> UpstreamStream:
+        sent = time.monotonic()
         with upstream_errors(self.config.id):
             async with asyncio.timeout(self.first_token):
                 response = await self.client.send(self._request(route, body), stream=True)
@@ -99,29 +100,29 @@ class OpenAICompatEngine:
                         )
                     finally:
                         await response.aclose()
-        return UpstreamStream(self, response)
+        return UpstreamStream(self, response, sent)
 
 
 class UpstreamStream:
     """Chunks of an SSE or bare-JSON-lines stream, as dicts, as soon as each line arrives."""
 
-    def __init__(self, engine: OpenAICompatEngine, response: httpx.Response) -> None:
+    def __init__(self, engine: OpenAICompatEngine, response: httpx.Response, opened: float) -> None:
         self.engine = engine
         self.response = response
+        self.opened = opened  # the first-token window began when the request was sent
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         endpoint = self.engine.config.id
-        deadline = time.monotonic() + self.engine.total
+        deadline = self.opened + self.engine.total
+        first_by = self.opened + self.engine.first_token
         first = True
         lines = self.response.aiter_lines()
         with upstream_errors(endpoint):
             while True:
-                wait = (
-                    min(deadline - time.monotonic(), self.engine.first_token) if first else deadline - time.monotonic()
-                )
+                wait = min(deadline, first_by) - time.monotonic() if first else deadline - time.monotonic()
                 try:
                     async with asyncio.timeout(max(wait, 0.001)):
                         line = await anext(lines)

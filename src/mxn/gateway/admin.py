@@ -50,7 +50,7 @@ class UserPatch(Body):
 
 class KeyCreate(Body):
     user: str
-    name: str = ""
+    name: str = Field(default="", max_length=64)
     models: list[str] | None = None
     chips: list[str] | None = None
     expires: str | None = None
@@ -63,10 +63,15 @@ class KeyCreate(Body):
 
 
 class KeyPatch(Body):
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=64)
     enabled: bool | None = None
     models: list[str] | None = None
     chips: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=0)
+    rpd: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    quota: int | None = Field(default=None, ge=0)
 
 
 class ChipPatch(Body):
@@ -170,7 +175,7 @@ def deployment_view(d: Deployment) -> dict[str, Any]:
         "chip": d.chip,
         "moderation": d.moderation,
         "price": {"input": d.price_input, "output": d.price_output},
-        "limits": {"rpm": d.rpm, "tpm": d.tpm, "concurrency": d.concurrency},
+        "limits": {"rpm": d.rpm, "rpd": d.rpd, "tpm": d.tpm, "concurrency": d.concurrency},
         "disclosure": d.disclosure,
     }
 
@@ -385,7 +390,13 @@ def _live(request: Request, view: dict[str, Any]) -> dict[str, Any]:
         return {**view, "live": None, "health": None}
     stats = getattr(info.engine, "stats", None)
     health = state.router.health.get(info.id)
-    return {**view, "live": stats() if stats else None, "health": health.view() if health else None}
+    cell = next(c for c in state.catalog.cells.values() if info in c.endpoints)
+    return {
+        **view,
+        "effective_state": state.router.state(cell, info),
+        "live": stats() if stats else None,
+        "health": health.view() if health else None,
+    }
 
 
 @router.get("/endpoints")

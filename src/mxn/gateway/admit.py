@@ -26,8 +26,10 @@ _KINDS = {"rpm": (REQUESTS, 60.0), "rpd": (REQUESTS, 86400.0), "tpm": (TOKENS, 6
 def rules_for(principal: Principal, cell: Cell) -> list[Rule]:
     """The key's limits, the user's totals where the group sets them, and the cell's own limits."""
     rules = []
+    # A console session has no key of its own: its per-key limits count per user instead.
+    key_scope = f"key:{principal.key_id}" if principal.key_id else f"console:{principal.user_id}"
     for scope, limits in (
-        (f"key:{principal.key_id}", principal.key_limits),
+        (key_scope, principal.key_limits),
         (f"user:{principal.user_id}", principal.user_limits),
         (f"cell:{cell.id}", cell.limits),
     ):
@@ -143,7 +145,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         state.settings.quota_unit == "credits", cell.price_input, cell.price_output, principal.multiplier
     )
     room = cell.model.context_length - prepared.prompt_tokens
-    want = price.cost(prepared.prompt_tokens, prepared.max_tokens or room)
+    want = price.cost(prepared.prompt_tokens, (prepared.max_tokens or room) * prepared.choices)
     try:
         reservation = await quota.reserve(
             state.sessions, principal.user_id, principal.key_id, want, price.cost(prepared.prompt_tokens, 1)
@@ -155,8 +157,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         raise
     if reservation.amount < want:
         # The balance affords less than asked: it caps the generation instead of refusing it.
-        prepared.max_tokens = prepared.body["max_tokens"] = max(
-            1, price.completion_affordable(reservation.amount, prepared.prompt_tokens)
-        )
+        affordable = price.completion_affordable(reservation.amount, prepared.prompt_tokens) // prepared.choices
+        prepared.max_tokens = prepared.body["max_tokens"] = max(1, affordable)
         prepared.body.pop("max_completion_tokens", None)
     return Admission(state, principal, cell, route, rules, request_id, price, reservation, limit_headers)

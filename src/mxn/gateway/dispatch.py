@@ -36,6 +36,8 @@ async def _failover(
     for i, endpoint in enumerate(candidates):
         if i:
             await asyncio.sleep(min(0.05 * 2 ** (i - 1), 0.5))  # back off a little before the next endpoint
+            if not router.available(cell, endpoint):
+                continue
         health = router.started(cell, endpoint)
         try:
             result = await attempt(endpoint, for_endpoint(prepared, endpoint))
@@ -156,6 +158,11 @@ async def sse_events(
     except MxnError as exc:
         status, error = exc.status, exc.code
         yield sse(exc.body())
+    except Exception as exc:  # e.g. a chunk of an unexpected shape: the stream still ends cleanly
+        log.error("stream failed: %s", type(exc).__name__)
+        broken = UpstreamError("the upstream sent a stream that could not be read")
+        status, error = broken.status, broken.code
+        yield sse(broken.body())
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()

@@ -41,12 +41,13 @@ class Prepared:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+    choices: int = 1  # completions the request asks for: n, times the prompts of a batch completion
 
 
 def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     prompt_tokens = cell.model.tokenizer.count_messages(messages)
-    return _prepare(req, raw, cell, prompt_tokens, prompt_tokens)
+    return _prepare(req, raw, cell, prompt_tokens, prompt_tokens, req.n or 1)
 
 
 def prepare_completion(req: CompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
@@ -58,11 +59,16 @@ def prepare_completion(req: CompletionRequest, raw: dict[str, Any], cell: Cell) 
         counts = [len(prompt)]
     else:
         counts = [tok.count(p) for p in prompt if isinstance(p, str)]
-    return _prepare(req, raw, cell, sum(counts), max(counts))
+    return _prepare(req, raw, cell, sum(counts), max(counts), (req.n or 1) * len(counts))
 
 
 def _prepare(
-    req: ChatCompletionRequest | CompletionRequest, raw: dict[str, Any], cell: Cell, prompt_tokens: int, longest: int
+    req: ChatCompletionRequest | CompletionRequest,
+    raw: dict[str, Any],
+    cell: Cell,
+    prompt_tokens: int,
+    longest: int,
+    choices: int,
 ) -> Prepared:
     req.check()
     body = dict(raw)
@@ -89,7 +95,7 @@ def _prepare(
         if cell.model.tokenizer.fallback_note is None:
             # Up to the context limit, as vLLM does; only when our count is the model's own.
             max_tokens = body["max_tokens"] = context - longest
-    return Prepared(body, prompt_tokens, max_tokens, bool(req.stream), req.include_usage)
+    return Prepared(body, prompt_tokens, max_tokens, bool(req.stream), req.include_usage, choices)
 
 
 def _check_sampling(body: dict[str, Any]) -> None:

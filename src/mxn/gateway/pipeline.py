@@ -5,16 +5,19 @@ Accounting, limits and moderation plug in here as further steps.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from mxn.accounts.service import Principal
 from mxn.catalog.registry import Cell, EndpointInfo
-from mxn.errors import InvalidRequest, MxnError
+from mxn.errors import ClientGone, InvalidRequest, ModelNotFound, MxnError
 from mxn.gateway import dispatch, normalize
-from mxn.gateway.admit import admit
+from mxn.gateway.admit import Admission, admit
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import read_json, validate
 from mxn.gateway.params import Prepared, prepare_chat, prepare_completion
@@ -22,6 +25,7 @@ from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
+T = TypeVar("T")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # A cell is `(model, chip)` from a /maas path, or None: the body's `model` (`name` or `name@chip`).
 CellRef = tuple[str, str] | None
@@ -33,6 +37,9 @@ async def begin(request: Request, ref: CellRef) -> tuple[Principal, dict[str, An
     principal = await api_principal(request)
     raw = await read_json(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     cell = resolve_cell(state, ref, raw.get("model"))
+    if not (cell.model.public or principal.is_admin):
+        # A private model is invisible to other users: the same answer as for a model that does not exist.
+        raise ModelNotFound(f"The model '{cell.model.name}' does not exist.", param="model")
     principal.check_cell(cell.model.name, cell.chip.id)
     return principal, raw, cell
 
@@ -75,37 +82,73 @@ async def _generate(
     request: Request, cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str
 ) -> Response:
     state: AppState = request.app.state.mxn
-    candidates = _candidates(request, cell, principal)
     adm = await admit(state, principal, cell, prepared, route)
     tok = cell.model.tokenizer
     try:
+        # Chosen after admission and with no await before the first attempt starts, so that the router's
+        # in-flight counts, concurrency caps and half-open probes see every request that is under way.
+        candidates = _candidates(request, cell, principal)
         if prepared.stream:
             endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
         else:
-            endpoint, data = await dispatch.call(state.router, cell, candidates, route, prepared)
-    except MxnError as exc:
-        await adm.finish(exc.status, 0, 0, error=exc.code)  # nothing was generated: all of it back
-        exc.headers = {**adm.headers, **exc.headers}
+            endpoint, data = await until_disconnected(
+                request, dispatch.call(state.router, cell, candidates, route, prepared)
+            )
+            body = normalize.response(
+                data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
+            )
+    except BaseException as exc:
+        await _failed(adm, exc)
         raise
-    if prepared.stream:
-        adm.first_token()
-        norm = normalize.StreamNormalizer(
-            kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
-        )
+    if not prepared.stream:
+        usage = body["usage"]
+        await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id)
+        return json_response(body, headers=adm.headers)
+    adm.first_token()
+    norm = normalize.StreamNormalizer(kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
 
-        async def finish(status: int, error: str | None) -> None:
-            used = norm.usage()
-            await adm.finish(status, used["prompt_tokens"], used["completion_tokens"], endpoint.id, error)
+    async def finish(status: int, error: str | None) -> None:
+        used = norm.usage()
+        await adm.finish(status, used["prompt_tokens"], used["completion_tokens"], endpoint.id, error)
 
-        return StreamingResponse(
-            dispatch.sse_events(stream, norm, prepared.include_usage, finish),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **adm.headers},
-        )
-    body = normalize.response(data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
-    usage = body["usage"]
-    await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id)
-    return json_response(body, headers=adm.headers)
+    return StreamingResponse(
+        dispatch.sse_events(stream, norm, prepared.include_usage, finish),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, **adm.headers},
+    )
+
+
+async def _failed(adm: Admission, exc: BaseException) -> None:
+    """Nothing reached the client: give everything back, and record why."""
+    if isinstance(exc, MxnError):
+        await adm.finish(exc.status, 0, 0, error=exc.code)
+        exc.headers = {**adm.headers, **exc.headers}
+    elif isinstance(exc, asyncio.CancelledError):
+        await adm.finish(ClientGone.status, 0, 0, error=ClientGone.default_code)
+    else:
+        await adm.finish(500, 0, 0, error="internal_error")
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (uvicorn does not cancel the handler)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ClientGone("the client went away before the answer was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next message on the channel can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def embeddings(request: Request) -> Response:
@@ -119,14 +162,15 @@ async def embeddings(request: Request) -> Response:
     prompt_tokens = sum(tok.count(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1) for x in inputs)
     prepared = Prepared(dict(raw, model=cell.model.name), prompt_tokens, 0, False, False)
     state: AppState = request.app.state.mxn
-    candidates = _candidates(request, cell, principal)
     adm = await admit(state, principal, cell, prepared, "embeddings")
     try:
-        endpoint, data = await dispatch.call(state.router, cell, candidates, "embeddings", prepared)
-    except MxnError as exc:
-        await adm.finish(exc.status, 0, 0, error=exc.code)
-        exc.headers = {**adm.headers, **exc.headers}
+        candidates = _candidates(request, cell, principal)
+        endpoint, data = await until_disconnected(
+            request, dispatch.call(state.router, cell, candidates, "embeddings", prepared)
+        )
+        out = normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens)
+    except BaseException as exc:
+        await _failed(adm, exc)
         raise
-    out = normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens)
     await adm.finish(200, out["usage"]["prompt_tokens"], 0, endpoint.id)
     return json_response(out, headers=adm.headers)

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from mxn import metrics
-from mxn.errors import ServiceUnavailable
+from mxn.errors import ModelNotFound, ServiceUnavailable
 from mxn.gateway import pipeline, views
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import validate
@@ -94,6 +94,8 @@ async def maas_model_details(model: str, chip: str, request: Request) -> Respons
 async def maas_models(model: str, chip: str, request: Request) -> Response:
     principal = await api_principal(request)
     cell = _state(request).catalog.cell(model, chip)
+    if not (cell.model.public or principal.is_admin):
+        raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
     principal.check_cell(cell.model.name, cell.chip.id)
     entry = views.model_object(cell.model, _STARTED)
     cell_entry = views.model_object(cell.model, _STARTED, cell, _state(request).router.cell_state)

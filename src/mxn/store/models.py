@@ -157,6 +157,7 @@ class Deployment(Base):
     price_output: Mapped[float] = mapped_column(Float, default=0.0)
     # Limits for the whole cell (all users together), unset = none.
     rpm: Mapped[int | None] = mapped_column(Integer)
+    rpd: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(BigInteger)
     concurrency: Mapped[int | None] = mapped_column(Integer)
     disclosure: Mapped[dict[str, Any] | None] = mapped_column(JSON)

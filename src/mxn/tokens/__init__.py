@@ -376,6 +376,7 @@ class _HFTokenizer(Tokenizer):
         super().__init__(name, fallback_note)
         self._path = path
         self._tok: Any = None
+        self._chat: Any = None  # transformers tokenizer with a chat template, False when there is none
 
     @property
     def _tokenizer(self) -> Any:
@@ -405,8 +406,37 @@ class _HFTokenizer(Tokenizer):
         tid = self._tokenizer.token_to_id(token)
         return None if tid is None else int(tid)
 
+    def count_messages(self, messages: list[dict[str, Any]]) -> int:
+        """With the model's own chat template when its directory has one (what the engine will send)."""
+        templated = self._templated()
+        if templated is None:
+            return super().count_messages(messages)
+        plain = [{**m, "content": "\n".join(_text_parts(m.get("content")))} for m in messages]
+        ids = templated.apply_chat_template(plain, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return len(ids["input_ids"])
+
+    def _templated(self) -> Any:
+        if self._chat is None:
+            with _LOAD_LOCK:
+                if self._chat is None:
+                    self._chat = _transformers_tokenizer(self._path.parent) or False
+        return self._chat or None
+
 
 # --- resolution -------------------------------------------------------------------------------
+
+
+def _transformers_tokenizer(directory: Path) -> Any:
+    """The directory's tokenizer through transformers, if it has a chat template and transformers is here."""
+    config = directory / "tokenizer_config.json"
+    if not config.is_file() or "chat_template" not in config.read_text(encoding="utf-8", errors="ignore"):
+        if not (directory / "chat_template.jinja").is_file():
+            return None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    return AutoTokenizer.from_pretrained(directory)
 
 
 def known_encodings() -> list[str]:

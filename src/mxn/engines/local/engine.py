@@ -304,15 +304,16 @@ class LocalStream:
 
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         done: dict[int, int] = {}
-        if self.chat:
-            for s in self.job.seqs:
-                yield {
-                    "choices": [
-                        {"index": s.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                    ]
-                }
+        started: set[int] = set()
         while len(done) < len(self.job.seqs):
             kind, index, payload = await self.job.events.get()
+            if self.chat and kind in (DELTA, FINISH) and index not in started:
+                # The role arrives with the first real output, not before the prompt has been read: the
+                # first chunk is then the first token (honest TTFT), and a failure before it can fail over.
+                started.add(index)
+                yield {
+                    "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                }
             if kind == DELTA:
                 yield {"choices": [self._choice(index, payload, None)]}
             elif kind == FINISH:

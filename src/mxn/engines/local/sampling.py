@@ -20,7 +20,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below this, dividing the logits by the temperature overflows to inf: it is greedy in all but name.
+        return self.temperature < 1e-4
 
     @property
     def penalised(self) -> bool:
@@ -51,7 +52,7 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     if 0 < params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
     if params.min_p > 0:
         probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
     if params.top_p < 1:
@@ -61,4 +62,6 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         drop = cumulative - sorted_probs > params.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    if not float(probs.sum()) > 0:  # nothing left to sample from: take the likeliest token
+        return int(torch.argmax(logits))
     return int(torch.multinomial(probs, 1, generator=generator))

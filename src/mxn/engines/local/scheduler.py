@@ -73,6 +73,7 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
+        self.prefilling: list[Seq] = []
         self.cache: Any = None
         self.mask: torch.Tensor | None = None
         self.queued = 0  # sequences submitted and not yet running; both threads change it, under _lock
@@ -162,6 +163,7 @@ class Scheduler:
             group.append(self.waiting.popleft())
             tokens += size
         self._dequeued(len(group))
+        self.prefilling = group  # if the forward pass fails, these fail with the rest
         length = max(len(s.prompt) for s in group)
         ids = torch.zeros((len(group), length), dtype=torch.long)
         mask = torch.zeros((len(group), length), dtype=torch.long)
@@ -173,6 +175,7 @@ class Scheduler:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         self._merge(out.past_key_values, mask)
         self.running.extend(group)
+        self.prefilling = []
         self._advance(group, out.logits[:, -1, :])
 
     def _decode(self) -> None:
@@ -256,10 +259,11 @@ class Scheduler:
             layer.values = layer.values[index, :, start:, :]
 
     def _fail_all(self, message: str) -> None:
-        for s in [*self.running, *self.waiting]:
+        running = {id(s) for s in self.running}
+        for s in [*self.running, *(s for s in self.prefilling if id(s) not in running), *self.waiting]:
             self._emit(s, ERROR, message)
         self._dequeued(len(self.waiting))
-        self.running, self.waiting = [], deque()
+        self.running, self.waiting, self.prefilling = [], deque(), []
         self.cache = self.mask = None
 
 
