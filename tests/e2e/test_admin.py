@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -123,12 +124,13 @@ def test_a_cell_limit_applies_to_everyone_together(server: Server) -> None:
         assert r.json()["limits"]["concurrency"] == 1
         try:
             url = "/maas/qwen-72b/iluvatar/completions"
-            with server.client() as c, ThreadPoolExecutor(1) as pool:
-                first = pool.submit(c.post, url, json={"prompt": "x y z", "stream": True})
-                time.sleep(0.15)  # the first holds the cell's only slot while its chunks come 0.3 s apart
-                second = c.post(url, json={"prompt": "y"})
-                assert second.status_code == 429 and second.headers["retry-after"] == "1"
-                assert first.result().status_code == 200
+            with server.client() as c:
+                with c.stream("POST", url, json={"prompt": "x y z", "stream": True}) as first:
+                    # Streaming now, chunks 0.3 s apart: the first holds the cell's only slot.
+                    assert first.status_code == 200
+                    second = c.post(url, json={"prompt": "y"})
+                    assert second.status_code == 429 and second.headers["retry-after"] == "1"
+                    first.read()
                 assert c.post(url, json={"prompt": "z"}).status_code == 200  # the slot came back
         finally:
             admin.delete(f"/admin/deployments/{dep['id']}")
@@ -141,14 +143,20 @@ def test_an_endpoint_concurrency_cap_holds_under_a_burst(server: Server) -> None
             json={
                 "model": "chatglm3-6b",
                 "chip": "iluvatar",
-                "endpoints": [{"url": server.upstreams["slowish"].url, "max_concurrency": 1}],
+                "endpoints": [{"url": server.upstreams["slow"].url, "max_concurrency": 1}],
             },
         ).json()
         try:
             url = "/maas/chatglm3-6b/iluvatar/chat/completions"
-            body = {"messages": [{"role": "user", "content": "a b c"}]}
+            body = {"messages": [{"role": "user", "content": "a"}]}  # answered in about 4 s
+            barrier = threading.Barrier(6)
+
+            def one(_: int) -> int:
+                barrier.wait(10)
+                return c.post(url, json=body).status_code
+
             with server.client() as c, ThreadPoolExecutor(6) as pool:
-                statuses = Counter(r.status_code for r in pool.map(lambda _: c.post(url, json=body), range(6)))
+                statuses = Counter(pool.map(one, range(6)))
             assert statuses == {200: 1, 429: 5}
         finally:
             admin.delete(f"/admin/deployments/{dep['id']}")

@@ -321,3 +321,52 @@ def test_a_private_model_is_invisible_to_other_users(server: Server) -> None:
         assert "private-model" not in c.get("/v1/models").text
     with server.client() as c:  # the admin still reaches it
         assert c.post("/maas/private-model/nvidia/chat/completions", json={"messages": MSG}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("upstream", "timeouts", "cut_after"),
+    [("slow", {"first_token": 5, "between_tokens": 0.5}, "between_tokens"), ("slowish", {"total": 0.5}, "total")],
+)
+def test_idle_and_total_timeouts_end_a_started_stream_cleanly(
+    server: Server, upstream: str, timeouts: dict[str, float], cut_after: str
+) -> None:
+    with server.admin() as admin:
+        dep = admin.post(
+            "/admin/deployments",
+            json={
+                "model": "chatglm3-6b",
+                "chip": "iluvatar",
+                "endpoints": [{"url": server.upstreams[upstream].url, "timeouts": timeouts}],
+            },
+        ).json()
+        try:
+            body = {"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True}
+            with server.client() as c:
+                r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=30)
+            events = [e for e in r.text.split("\n\n") if e]
+            assert r.status_code == 200 and events[-1] == "data: [DONE]", cut_after
+            assert '"content"' in events[0] and '"upstream_timeout"' in events[-2], cut_after
+        finally:
+            admin.delete(f"/admin/deployments/{dep['id']}")
+
+
+def test_a_refused_connection_fails_over_to_the_next_endpoint(server: Server) -> None:
+    with server.admin() as admin:
+        # Nothing listens on port 9 here: the connection is refused and the next endpoint answers.
+        dep = admin.post(
+            "/admin/deployments",
+            json={
+                "model": "chatglm3-6b",
+                "chip": "iluvatar",
+                "endpoints": [
+                    {"url": "http://127.0.0.1:9/v1", "priority": 1, "timeouts": {"connect": 0.3}},
+                    {"url": server.upstreams["sse"].url, "priority": 0},
+                ],
+            },
+        ).json()
+        try:
+            with server.client() as c:
+                r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json={"messages": MSG}, timeout=30)
+            assert r.status_code == 200
+        finally:
+            admin.delete(f"/admin/deployments/{dep['id']}")

@@ -69,8 +69,9 @@ def test_zero_config_serves_the_demo_and_embedding_models(local: Server) -> None
 
 
 def test_chat_stream_matches_non_stream_and_never_garbles_chinese(local: Server) -> None:
-    whole = chat(local, "你是谁?", temperature=0, max_tokens=60)
-    streamed, deltas, _finish = stream_text(local, "你是谁?", temperature=0, max_tokens=60)
+    kw = {"temperature": 0, "max_tokens": 60, "extra_body": {"ignore_eos": True}}
+    whole = chat(local, "你是谁?", **kw)
+    streamed, deltas, _finish = stream_text(local, "你是谁?", **kw)
     assert whole and streamed == whole
     assert "\ufffd" not in streamed and all("\ufffd" not in d for d in deltas)
     assert len([d for d in deltas if d]) > 3  # token by token, not one lump
@@ -98,12 +99,19 @@ def _demo_path(server: Server) -> str:
 
 
 def test_stop_strings_cut_the_text_even_across_tokens(local: Server) -> None:
-    whole = chat(local, "Hello", temperature=0, max_tokens=60)
+    whole = chat(local, "Hello", temperature=0, max_tokens=60, extra_body={"ignore_eos": True})
     stop = whole[8:13]  # a stop string that starts mid-answer and spans several tokens
-    cut, _deltas, finish = stream_text(local, "Hello", temperature=0, max_tokens=60, stop=[stop, "never-seen"])
+    cut, _deltas, finish = stream_text(
+        local, "Hello", temperature=0, max_tokens=60, stop=[stop, "never-seen"], extra_body={"ignore_eos": True}
+    )
     assert cut == whole[: whole.index(stop)] and finish == "stop"
     r = client(local).chat.completions.create(
-        model=DEMO, messages=[{"role": "user", "content": "Hello"}], temperature=0, max_tokens=60, stop=stop
+        model=DEMO,
+        messages=[{"role": "user", "content": "Hello"}],
+        temperature=0,
+        max_tokens=60,
+        stop=stop,
+        extra_body={"ignore_eos": True},
     )
     assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
 

@@ -62,9 +62,10 @@ class OpenAICompatEngine:
         t = {**DEFAULT_TIMEOUTS, **config.timeouts}
         self.first_token = t["first_token"]
         self.total = t["total"]
-        self.timeout = httpx.Timeout(
-            connect=t["connect"], read=t["between_tokens"], write=t["connect"], pool=t["connect"]
-        )
+        self.between_tokens = t["between_tokens"]
+        # The socket may wait as long as either window; which window applies is decided per chunk below.
+        read = max(t["first_token"], t["between_tokens"])
+        self.timeout = httpx.Timeout(connect=t["connect"], read=read, write=t["connect"], pool=t["connect"])
         self.headers = {"content-type": "application/json"}
         if config.api_key:
             self.headers["authorization"] = f"Bearer {config.api_key}"
@@ -122,7 +123,8 @@ class UpstreamStream:
         lines = self.response.aiter_lines()
         with upstream_errors(endpoint):
             while True:
-                wait = min(deadline, first_by) - time.monotonic() if first else deadline - time.monotonic()
+                now = time.monotonic()
+                wait = min(deadline, first_by) - now if first else min(deadline - now, self.engine.between_tokens)
                 try:
                     async with asyncio.timeout(max(wait, 0.001)):
                         line = await anext(lines)

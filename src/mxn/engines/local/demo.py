@@ -92,15 +92,20 @@ def build_model(tokenizer: Any) -> Any:
 
 
 def train(
-    model: Any, tokenizer: Any, samples: list[str], seconds: float, report: Callable[[str], None]
+    model: Any,
+    tokenizer: Any,
+    samples: list[str],
+    seconds: float,
+    report: Callable[[str], None],
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Next-token training on the dialogues until the time is up; returns what happened, for the model card."""
+    """Next-token training until the time is up (or `max_steps`, for a model that is the same on any machine)."""
     encoded = [torch.tensor(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in samples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     rng = random.Random(0)
     model.train()
     start, steps, loss_value = time.monotonic(), 0, float("nan")
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds and (max_steps is None or steps < max_steps):
         batch = rng.sample(encoded, k=min(32, len(encoded)))
         ids = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=tokenizer.pad_token_id)
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(b) for b in batch])[:, None]).long()
@@ -117,7 +122,9 @@ def train(
     return {"steps": steps, "seconds": round(time.monotonic() - start, 1), "final_loss": round(loss_value, 4)}
 
 
-def create_demo(out: Path, seconds: float = 60.0, report: Callable[[str], None] = print) -> Path:
+def create_demo(
+    out: Path, seconds: float = 60.0, report: Callable[[str], None] = print, max_steps: int | None = None
+) -> Path:
     from transformers import GenerationConfig
 
     torch.manual_seed(0)
@@ -126,7 +133,7 @@ def create_demo(out: Path, seconds: float = 60.0, report: Callable[[str], None] 
     model = build_model(tokenizer)
     params = sum(p.numel() for p in model.parameters())
     report(f"training {DEMO_NAME}: {params / 1e6:.1f}M parameters, {len(samples)} samples, {seconds:.0f}s")
-    stats = train(model, tokenizer, samples, seconds, report)
+    stats = train(model, tokenizer, samples, seconds, report, max_steps)
     model.generation_config = GenerationConfig(
         do_sample=True,
         temperature=0.3,
