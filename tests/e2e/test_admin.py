@@ -172,8 +172,12 @@ def test_a_client_leaving_a_non_stream_request_cancels_it(server: Server) -> Non
             body = {"messages": [{"role": "user", "content": "one two three four"}]}
             with server.client() as c, pytest.raises(httpx.ReadTimeout):
                 c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
-            time.sleep(1.0)  # the next usage batch
-            row = admin.get("/admin/usage", params={"limit": 1}).json()["data"][0]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # noticed at the disconnect, written with the next batch
+                row = admin.get("/admin/usage", params={"limit": 1}).json()["data"][0]
+                if row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar":
+                    break
+                time.sleep(0.2)
             assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
             assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0
         finally:
