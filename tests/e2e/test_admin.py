@@ -170,14 +170,16 @@ def test_a_client_leaving_a_non_stream_request_cancels_it(server: Server) -> Non
         ).json()
         try:
             body = {"messages": [{"role": "user", "content": "one two three four"}]}
+            time.sleep(1.0)  # earlier tests' records are written by now (batches go out every 0.5 s)
+            before = max((r["id"] for r in admin.get("/admin/usage").json()["data"]), default=0)
             with server.client() as c, pytest.raises(httpx.ReadTimeout):
                 c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # noticed at the disconnect, written with the next batch
-                row = admin.get("/admin/usage", params={"limit": 1}).json()["data"][0]
-                if row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar":
-                    break
+            rows: list[dict] = []
+            while time.monotonic() < deadline and not rows:  # noticed at the disconnect, written in the next batch
+                rows = [r for r in admin.get("/admin/usage").json()["data"] if r["id"] > before]
                 time.sleep(0.2)
+            (row,) = rows
             assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
             assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0
         finally:
