@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -137,6 +139,17 @@ class Server:
 
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key or self.key}"}, timeout=30)
+
+    @contextmanager
+    def temporary_cell(self, model: str, chip: str, *endpoints: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A deployment made through /admin for one test and deleted after it, whatever happens."""
+        with self.admin() as admin:
+            r = admin.post("/admin/deployments", json={"model": model, "chip": chip, "endpoints": list(endpoints)})
+            assert r.status_code == 201, r.text
+            try:
+                yield r.json()
+            finally:
+                admin.delete(f"/admin/deployments/{r.json()['id']}")
 
 
 def first_start_key(output: str) -> str:

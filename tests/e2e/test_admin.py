@@ -115,72 +115,51 @@ def test_admin_lists_have_data(server: Server) -> None:
 
 
 def test_a_cell_limit_applies_to_everyone_together(server: Server) -> None:
-    with server.admin() as admin:
-        dep = admin.post(
-            "/admin/deployments",
-            json={"model": "qwen-72b", "chip": "iluvatar", "endpoints": [{"url": server.upstreams["slowish"].url}]},
-        ).json()
-        r = admin.patch(f"/admin/deployments/{dep['id']}", json={"limits": {"concurrency": 1}})
+    with server.temporary_cell("qwen-72b", "iluvatar", {"url": server.upstreams["slowish"].url}) as dep:
+        with server.admin() as admin:
+            r = admin.patch(f"/admin/deployments/{dep['id']}", json={"limits": {"concurrency": 1}})
         assert r.json()["limits"]["concurrency"] == 1
-        try:
-            url = "/maas/qwen-72b/iluvatar/completions"
-            with server.client() as c:
-                with c.stream("POST", url, json={"prompt": "x y z", "stream": True}) as first:
-                    # Streaming now, chunks 0.3 s apart: the first holds the cell's only slot.
-                    assert first.status_code == 200
-                    second = c.post(url, json={"prompt": "y"})
-                    assert second.status_code == 429 and second.headers["retry-after"] == "1"
-                    first.read()
-                assert c.post(url, json={"prompt": "z"}).status_code == 200  # the slot came back
-        finally:
-            admin.delete(f"/admin/deployments/{dep['id']}")
+        url = "/maas/qwen-72b/iluvatar/completions"
+        with server.client() as c:
+            with c.stream("POST", url, json={"prompt": "x y z", "stream": True}) as first:
+                # Streaming now, chunks 0.3 s apart: the first holds the cell's only slot.
+                assert first.status_code == 200
+                second = c.post(url, json={"prompt": "y"})
+                assert second.status_code == 429 and second.headers["retry-after"] == "1"
+                first.read()
+            assert c.post(url, json={"prompt": "z"}).status_code == 200  # the slot came back
 
 
 def test_an_endpoint_concurrency_cap_holds_under_a_burst(server: Server) -> None:
-    with server.admin() as admin:
-        dep = admin.post(
-            "/admin/deployments",
-            json={
-                "model": "chatglm3-6b",
-                "chip": "iluvatar",
-                "endpoints": [{"url": server.upstreams["slow"].url, "max_concurrency": 1}],
-            },
-        ).json()
-        try:
-            url = "/maas/chatglm3-6b/iluvatar/chat/completions"
-            body = {"messages": [{"role": "user", "content": "a"}]}  # answered in about 4 s
-            barrier = threading.Barrier(6)
+    with server.temporary_cell("chatglm3-6b", "iluvatar", {"url": server.upstreams["slow"].url, "max_concurrency": 1}):
+        url = "/maas/chatglm3-6b/iluvatar/chat/completions"
+        body = {"messages": [{"role": "user", "content": "a"}]}  # answered in about 4 s
+        barrier = threading.Barrier(6)
 
-            def one(_: int) -> int:
-                barrier.wait(10)
-                return c.post(url, json=body).status_code
+        def one(_: int) -> int:
+            barrier.wait(10)
+            return c.post(url, json=body).status_code
 
-            with server.client() as c, ThreadPoolExecutor(6) as pool:
-                statuses = Counter(pool.map(one, range(6)))
-            assert statuses == {200: 1, 429: 5}
-        finally:
-            admin.delete(f"/admin/deployments/{dep['id']}")
+        with server.client() as c, ThreadPoolExecutor(6) as pool:
+            statuses = Counter(pool.map(one, range(6)))
+        assert statuses == {200: 1, 429: 5}
 
 
 def test_a_client_leaving_a_non_stream_request_cancels_it(server: Server) -> None:
-    with server.admin() as admin:
-        dep = admin.post(
-            "/admin/deployments",
-            json={"model": "chatglm3-6b", "chip": "iluvatar", "endpoints": [{"url": server.upstreams["slow"].url}]},
-        ).json()
-        try:
-            body = {"messages": [{"role": "user", "content": "one two three four"}]}
-            time.sleep(1.0)  # earlier tests' records are written by now (batches go out every 0.5 s)
-            before = max((r["id"] for r in admin.get("/admin/usage").json()["data"]), default=0)
-            with server.client() as c, pytest.raises(httpx.ReadTimeout):
-                c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
-            deadline = time.monotonic() + 10
-            rows: list[dict] = []
-            while time.monotonic() < deadline and not rows:  # noticed at the disconnect, written in the next batch
-                rows = [r for r in admin.get("/admin/usage").json()["data"] if r["id"] > before]
-                time.sleep(0.2)
-            (row,) = rows
-            assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
-            assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0
-        finally:
-            admin.delete(f"/admin/deployments/{dep['id']}")
+    with (
+        server.temporary_cell("chatglm3-6b", "iluvatar", {"url": server.upstreams["slow"].url}),
+        server.admin() as admin,
+    ):
+        body = {"messages": [{"role": "user", "content": "one two three four"}]}
+        time.sleep(1.0)  # earlier tests' records are written by now (batches go out every 0.5 s)
+        before = max((r["id"] for r in admin.get("/admin/usage").json()["data"]), default=0)
+        with server.client() as c, pytest.raises(httpx.ReadTimeout):
+            c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
+        deadline = time.monotonic() + 10
+        rows: list[dict] = []
+        while time.monotonic() < deadline and not rows:  # noticed at the disconnect, written in the next batch
+            rows = [r for r in admin.get("/admin/usage").json()["data"] if r["id"] > before]
+            time.sleep(0.2)
+        (row,) = rows
+        assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
+        assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0

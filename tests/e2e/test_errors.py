@@ -330,43 +330,21 @@ def test_a_private_model_is_invisible_to_other_users(server: Server) -> None:
 def test_idle_and_total_timeouts_end_a_started_stream_cleanly(
     server: Server, upstream: str, timeouts: dict[str, float], cut_after: str
 ) -> None:
-    with server.admin() as admin:
-        dep = admin.post(
-            "/admin/deployments",
-            json={
-                "model": "chatglm3-6b",
-                "chip": "iluvatar",
-                "endpoints": [{"url": server.upstreams[upstream].url, "timeouts": timeouts}],
-            },
-        ).json()
-        try:
-            body = {"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True}
-            with server.client() as c:
-                r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=30)
-            events = [e for e in r.text.split("\n\n") if e]
-            assert r.status_code == 200 and events[-1] == "data: [DONE]", cut_after
-            assert '"content"' in events[0] and '"upstream_timeout"' in events[-2], cut_after
-        finally:
-            admin.delete(f"/admin/deployments/{dep['id']}")
+    with server.temporary_cell(
+        "chatglm3-6b", "iluvatar", {"url": server.upstreams[upstream].url, "timeouts": timeouts}
+    ):
+        body = {"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True}
+        with server.client() as c:
+            r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=30)
+        events = [e for e in r.text.split("\n\n") if e]
+        assert r.status_code == 200 and events[-1] == "data: [DONE]", cut_after
+        assert '"content"' in events[0] and '"upstream_timeout"' in events[-2], cut_after
 
 
 def test_a_refused_connection_fails_over_to_the_next_endpoint(server: Server) -> None:
-    with server.admin() as admin:
-        # Nothing listens on port 9 here: the connection is refused and the next endpoint answers.
-        dep = admin.post(
-            "/admin/deployments",
-            json={
-                "model": "chatglm3-6b",
-                "chip": "iluvatar",
-                "endpoints": [
-                    {"url": "http://127.0.0.1:9/v1", "priority": 1, "timeouts": {"connect": 0.3}},
-                    {"url": server.upstreams["sse"].url, "priority": 0},
-                ],
-            },
-        ).json()
-        try:
-            with server.client() as c:
-                r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json={"messages": MSG}, timeout=30)
-            assert r.status_code == 200
-        finally:
-            admin.delete(f"/admin/deployments/{dep['id']}")
+    # Nothing listens on port 9 here: the connection is refused and the next endpoint answers.
+    refused = {"url": "http://127.0.0.1:9/v1", "priority": 1, "timeouts": {"connect": 0.3}}
+    with server.temporary_cell("chatglm3-6b", "iluvatar", refused, {"url": server.upstreams["sse"].url}):
+        with server.client() as c:
+            r = c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json={"messages": MSG}, timeout=30)
+        assert r.status_code == 200
