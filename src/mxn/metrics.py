@@ -32,3 +32,12 @@ HEALTHY = Gauge(
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+MODERATION = Counter(
+    "mxn_moderation_total",
+    "Moderation outcomes by stage (input, output, classifier)",
+    ("stage", "outcome"),
+    registry=REGISTRY,
+)
+ALERTS = Counter("mxn_alerts_total", "Alerts raised, by kind", ("kind",), registry=REGISTRY)

@@ -3,7 +3,10 @@
 Modes: `sse` (a well-behaved vLLM), `jsonl` (GenStudio's bare JSON lines: no `data:`, no [DONE],
 `object`/`created` only on the last chunk), `nousage` (no usage, id or created; odd finish_reason),
 `fail` (500 on every generation), `busy` (429 with Retry-After), `dies` (a stream that breaks off after two chunks).
-GET /_last returns the last request body it received, so tests can see what the gateway forwarded.
+GET /_last returns the last request body it received, so tests can see what the gateway forwarded;
+GET /_streams counts streams sent to the end and streams the client closed early.
+A user message `reverse: TEXT` is answered with TEXT reversed (an answer the question does not contain).
+POST /moderations is a classifier in OpenAI's moderation shape: it flags text containing "classifier-bad".
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ MODE = "sse"
 REJECT: set[str] = set()
 DELAY = 0.0
 LAST: dict[str, Any] = {}
+STREAMS = {"completed": 0, "cancelled": 0}
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -34,7 +38,9 @@ def _json(data: Any, status: int = 200) -> Response:
 def _reply(body: dict[str, Any]) -> str:
     if "messages" in body:
         users = [m for m in body["messages"] if m.get("role") == "user"]
-        text = users[-1]["content"] if users else ""
+        text = users[-1].get("content") if users else ""
+        if isinstance(text, str) and text.startswith("reverse: "):
+            text = text.removeprefix("reverse: ")[::-1]
         return f"echo({len(body['messages'])}): {text}"
     return f"completion of: {body.get('prompt')}"
 
@@ -86,6 +92,16 @@ async def generate(request: Request) -> Response:
 
 
 async def _stream(body: dict[str, Any], chat: bool, text: str, usage: dict[str, int]):  # type: ignore[no-untyped-def]
+    try:
+        async for part in _stream_parts(body, chat, text, usage):
+            yield part
+    except (asyncio.CancelledError, GeneratorExit):
+        STREAMS["cancelled"] += 1
+        raise
+    STREAMS["completed"] += 1
+
+
+async def _stream_parts(body: dict[str, Any], chat: bool, text: str, usage: dict[str, int]):  # type: ignore[no-untyped-def]
     pieces = _pieces(text)
     for i, piece in enumerate(pieces):
         if DELAY:
@@ -162,6 +178,15 @@ async def last(_request: Request) -> Response:
     return _json(LAST)
 
 
+async def streams(_request: Request) -> Response:
+    return _json(STREAMS)
+
+
+async def moderations(request: Request) -> Response:
+    text = orjson.loads(await request.body()).get("input", "")
+    return _json({"id": "modr-1", "results": [{"flagged": "classifier-bad" in text, "categories": {}}]})
+
+
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", generate, methods=["POST"]),
@@ -169,6 +194,8 @@ app = Starlette(
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models),
         Route("/_last", last),
+        Route("/_streams", streams),
+        Route("/moderations", moderations, methods=["POST"]),
     ]
 )
 

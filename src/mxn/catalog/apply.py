@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mxn.catalog.schema import CHIP_TYPES, CatalogFile, EndpointSpec
-from mxn.store.models import Chip, Deployment, Endpoint, Model
+from mxn.catalog.schema import CHIP_TYPES, CatalogFile, EndpointSpec, ModerationSpec
+from mxn.store.models import Chip, Deployment, Endpoint, Model, ModerationRule
 
 T = TypeVar("T")
 
@@ -64,9 +65,10 @@ async def apply_catalog(s: AsyncSession, spec: CatalogFile) -> dict[str, int]:
     await s.flush()
 
     deployments = {(d.model, d.chip): d for d in (await s.execute(select(Deployment))).scalars()}
+    rule_sets: dict[int | None, ModerationSpec | None] = {None: spec.moderation}
     for d in spec.deployments:
         values = {
-            "moderation": d.moderation,
+            "moderation": d.moderated,
             "price_input": d.price.input,
             "price_output": d.price.output,
             "disclosure": d.disclosure,
@@ -81,8 +83,40 @@ async def apply_catalog(s: AsyncSession, spec: CatalogFile) -> dict[str, int]:
         )
         await s.flush()
         await _apply_endpoints(s, row.id, d.endpoints, counts)
+        rule_sets[row.id] = d.own_rules
+    await _apply_rule_sets(s, rule_sets, counts)
     await s.commit()
     return counts
+
+
+def rule_columns(spec: ModerationSpec) -> dict[str, Any]:
+    """A rule set's stored form; keyword files have been read into `keywords` by the loader."""
+    classifier = spec.classifier.model_dump() if spec.classifier else None
+    return {"name": spec.name, "keywords": spec.keywords, "regexes": spec.regexes, "classifier": classifier}
+
+
+async def _apply_rule_sets(
+    s: AsyncSession, wanted: dict[int | None, ModerationSpec | None], counts: dict[str, int]
+) -> None:
+    """The file's rule sets (global, and per deployment it lists), each stored once with `source='catalog'`."""
+    existing = {
+        r.deployment_id: r
+        for r in (await s.execute(select(ModerationRule).where(ModerationRule.source == "catalog"))).scalars()
+    }
+    for deployment_id, spec in wanted.items():
+        row = existing.pop(deployment_id, None)
+        if spec is None:
+            if row is not None:
+                await s.delete(row)
+                counts["removed"] += 1
+            continue
+        values = rule_columns(spec)
+        if row is None:
+            s.add(ModerationRule(deployment_id=deployment_id, source="catalog", **values))
+            counts["created"] += 1
+        elif _assign(row, values):
+            row.updated_at = datetime.now(UTC)
+            counts["updated"] += 1
 
 
 def _upsert(

@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from mxn.catalog.schema import CHIP_TYPES, CatalogFile
+from mxn.catalog.schema import CHIP_TYPES, CatalogFile, ModerationSpec
 
+_UNION_TAG = re.compile(r"^(bool|[A-Z]\w*Spec)$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -51,13 +52,32 @@ def parse_catalog(text: str, name: str = "<catalog>") -> CatalogFile:
     try:
         spec = CatalogFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
+        # The deepest error says most; a union's member names (`bool`, `ModerationSpec`) are not in the file.
+        err = max(exc.errors(), key=lambda e: len(e["loc"]))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         field = ".".join(str(p) for p in loc) or "(top level)"
         raise CatalogError(name, _line_of(root, loc), f"{field}: {err['msg']}")
     for where, message in _reference_errors(spec):
         raise CatalogError(name, _line_of(root, where), message)
+    base = Path(name).parent if not name.startswith("<") else Path.cwd()
+    for where, rules in _rule_sets(spec):
+        for i, file in enumerate(rules.keyword_files):
+            try:
+                lines = (base / file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise CatalogError(name, _line_of(root, (*where, "keyword_files", i)), f"cannot read {file}: {reason}")
+            rules.keywords += [w.strip() for w in lines if w.strip() and not w.startswith("#")]
+        rules.keyword_files = []
     return spec
+
+
+def _rule_sets(spec: CatalogFile) -> Iterator[tuple[tuple[object, ...], ModerationSpec]]:
+    if spec.moderation is not None:
+        yield ("moderation",), spec.moderation
+    for i, d in enumerate(spec.deployments):
+        if d.own_rules is not None:
+            yield ("deployments", i, "moderation"), d.own_rules
 
 
 def _interpolate(node: yaml.Node, name: str) -> None:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mxn import engines
 from mxn.engines import EndpointConfig, Engine
 from mxn.errors import ModelNotFound, NotFound
-from mxn.store.models import Chip, Deployment, Endpoint, Model
+from mxn.moderation.rules import RuleCache, Rules
+from mxn.store.models import Chip, Deployment, Endpoint, Model, ModerationRule
 from mxn.tokens import Tokenizer, get_tokenizer
 
 
@@ -72,6 +73,7 @@ class Cell:
     disclosure: dict[str, Any]
     endpoints: list[EndpointInfo] = field(default_factory=list)
     limits: tuple[tuple[str, int], ...] = ()  # the cell's own rpm / tpm / concurrency
+    rules: Rules | None = None  # moderation: None when it is off or there is nothing to check
 
     @property
     def name(self) -> str:
@@ -130,12 +132,16 @@ class Catalog:
         return random.choice(running) if running else cells[0]
 
 
+_rule_cache = RuleCache()
+
+
 async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: httpx.AsyncClient) -> Catalog:
     async with sessions() as s:
         models = (await s.execute(select(Model))).scalars().all()
         chips = (await s.execute(select(Chip))).scalars().all()
         deployments = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars().all()
         endpoints = (await s.execute(select(Endpoint).order_by(Endpoint.id))).scalars().all()
+        rule_sets = (await s.execute(select(ModerationRule).order_by(ModerationRule.id))).scalars().all()
     cat = Catalog()
     # A model served by the embedded engine counts with that engine's own tokenizer unless told otherwise.
     model_of = {d.id: d.model for d in deployments}
@@ -164,7 +170,11 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
             dict(d.disclosure or {}),
             limits=tuple((n, v) for n in ("rpm", "rpd", "tpm", "concurrency") if (v := getattr(d, n))),
         )
+        if d.moderation:
+            rules = _rule_cache.get([r for r in rule_sets if r.deployment_id in (None, d.id)])
+            cell.rules = None if rules.empty else rules
         cat.cells[(d.model, d.chip)] = by_id[d.id] = cell
+    _rule_cache.sweep()
     for e in endpoints:
         config = EndpointConfig(
             id=e.id,

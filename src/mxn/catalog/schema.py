@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CHIP_TYPES: dict[str, str] = {
@@ -150,24 +151,6 @@ class CellLimits(Strict):
     concurrency: int | None = Field(default=None, ge=1)
 
 
-class DeploymentSpec(Strict):
-    model: str
-    # `auto`: the chip this machine's torch sees (for deployments served by the embedded engine).
-    chip: str = Field(pattern=_ID)
-    moderation: bool = True
-    moderation_off_confirmed: bool = False
-    price: Price = Price()
-    limits: CellLimits = CellLimits()
-    disclosure: dict[str, Any] | None = None
-    endpoints: list[EndpointSpec] = []
-
-    @model_validator(mode="after")
-    def _moderation_off_needs_confirmation(self) -> DeploymentSpec:
-        if not self.moderation and not self.moderation_off_confirmed:
-            raise ValueError("`moderation: false` needs `moderation_off_confirmed: true` beside it")
-        return self
-
-
 class ClassifierSpec(Strict):
     url: str
     timeout: float = Field(default=0.5, gt=0)
@@ -175,6 +158,7 @@ class ClassifierSpec(Strict):
 
 
 class ModerationSpec(Strict):
+    name: str = Field(default="", max_length=64)
     keywords: list[str] = []
     keyword_files: list[str] = []
     regexes: list[str] = []
@@ -183,12 +167,43 @@ class ModerationSpec(Strict):
     @field_validator("regexes")
     @classmethod
     def _compiles(cls, v: list[str]) -> list[str]:
-        for pattern in v:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"regex {pattern!r} does not compile: {exc}")
-        return v
+        return compiling(v)
+
+
+def compiling(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            regex.compile(pattern)
+        except regex.error as exc:
+            raise ValueError(f"regex {pattern!r} does not compile: {exc}")
+    return patterns
+
+
+class DeploymentSpec(Strict):
+    model: str
+    # `auto`: the chip this machine's torch sees (for deployments served by the embedded engine).
+    chip: str = Field(pattern=_ID)
+    # On unless turned off with confirmation; a rules block turns it on with rules of this deployment's own.
+    moderation: bool | ModerationSpec = True
+    moderation_off_confirmed: bool = False
+    price: Price = Price()
+    limits: CellLimits = CellLimits()
+    disclosure: dict[str, Any] | None = None
+    endpoints: list[EndpointSpec] = []
+
+    @model_validator(mode="after")
+    def _moderation_off_needs_confirmation(self) -> DeploymentSpec:
+        if self.moderation is False and not self.moderation_off_confirmed:
+            raise ValueError("`moderation: false` needs `moderation_off_confirmed: true` beside it")
+        return self
+
+    @property
+    def moderated(self) -> bool:
+        return self.moderation is not False
+
+    @property
+    def own_rules(self) -> ModerationSpec | None:
+        return self.moderation if isinstance(self.moderation, ModerationSpec) else None
 
 
 class CatalogFile(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mxn.cli import accounting, admin, catalog, models, serve
+from mxn.cli import accounting, admin, catalog, models, moderation, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mxn: M models on N chips behind one API.")
 app.command("serve")(serve.serve)
@@ -12,6 +12,7 @@ app.add_typer(admin.users, name="users")
 app.add_typer(admin.keys, name="keys")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(models.app, name="models")
+app.add_typer(moderation.app, name="moderation")
 app.add_typer(accounting.codes, name="codes")
 app.command("usage")(accounting.usage)
 

@@ -9,6 +9,7 @@ import orjson
 import typer
 from sqlalchemy import select
 
+from mxn import audit
 from mxn.accounts import service as accounts
 from mxn.cli.common import DatabaseUrl, database_url, run
 from mxn.errors import NotFound
@@ -38,6 +39,8 @@ def users_create(
 
     async def work(s, _secret):  # type: ignore[no-untyped-def]
         user = await accounts.create_user(s, name, password, admin=admin, group=group, quota=quota)
+        await s.flush()
+        audit.add(s, audit.cli_actor(), "user.create", f"user:{user.id}", details={"name": name, "admin": admin})
         await s.commit()
         return user
 
@@ -85,6 +88,8 @@ def keys_create(
             ips=_csv(ips),
             limits=limits,
         )
+        await s.flush()
+        audit.add(s, audit.cli_actor(), "key.create", f"key:{row.id}", details={"user": user, "name": name})
         await s.commit()
         return row, key
 
@@ -123,6 +128,7 @@ def keys_rotate(key_id: int, db: DatabaseUrl = None) -> None:
         if row is None:
             raise NotFound(f"no key {key_id}")
         key = await accounts.rotate_key(s, secret, row)
+        audit.add(s, audit.cli_actor(), "key.rotate", f"key:{key_id}")
         await s.commit()
         return key
 
@@ -138,6 +144,7 @@ def keys_delete(key_id: int, db: DatabaseUrl = None) -> None:
         if row is None:
             raise NotFound(f"no key {key_id}")
         await s.delete(row)
+        audit.add(s, audit.cli_actor(), "key.delete", f"key:{key_id}")
         await s.commit()
 
     run(database_url(db), work)
@@ -151,6 +158,7 @@ def keys_revoke(key_id: int, db: DatabaseUrl = None) -> None:
         if row is None:
             raise NotFound(f"no key {key_id}")
         row.enabled = False
+        audit.add(s, audit.cli_actor(), "key.revoke", f"key:{key_id}")
         await s.commit()
 
     run(database_url(db), work)

@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from mxn import audit
 from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import hash_password
-from mxn.catalog.apply import apply_catalog, endpoint_columns
+from mxn.catalog.apply import apply_catalog, endpoint_columns, rule_columns
 from mxn.catalog.loader import CatalogError, parse_catalog
-from mxn.catalog.schema import CellLimits, ChipSpec, DeploymentSpec, EndpointSpec, ModelSpec, Price, Timeouts
+from mxn.catalog.schema import (
+    CatalogFile,
+    CellLimits,
+    ChipSpec,
+    ClassifierSpec,
+    DeploymentSpec,
+    EndpointSpec,
+    ModelSpec,
+    ModerationSpec,
+    Price,
+    Timeouts,
+    compiling,
+)
 from mxn.errors import Conflict, InvalidRequest, NotFound
 from mxn.gateway.auth import admin_principal
+from mxn.gateway.openapi import request_body
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
-from mxn.gateway.usage_views import usage_response, usage_rows
-from mxn.store.models import ApiKey, Chip, Code, Deployment, Endpoint, Group, Model, User
+from mxn.gateway.usage_views import parse_since, usage_response, usage_rows
+from mxn.store.models import ApiKey, Chip, Code, Deployment, Endpoint, Group, Model, ModerationRule, User
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
 
@@ -92,6 +108,9 @@ class DeploymentPatch(Body):
     price: Price | None = None
     limits: CellLimits | None = None
     disclosure: dict[str, Any] | None = None
+    moderation: bool | None = None
+    # Turning moderation off must be confirmed in the same request (SPEC §4).
+    confirm: bool = False
 
 
 class EndpointCreate(EndpointSpec):
@@ -129,7 +148,9 @@ def _patch(row: object, body: BaseModel) -> None:
         setattr(row, name, value)
 
 
-async def _commit(request: Request, s: AsyncSession, catalog: bool = True) -> None:
+async def _commit(request: Request, s: AsyncSession, catalog: bool = True, action: str | None = None) -> None:
+    """Commit an admin change together with its audit record."""
+    await _audit(request, s, action)
     try:
         await s.commit()
     except IntegrityError:
@@ -137,6 +158,20 @@ async def _commit(request: Request, s: AsyncSession, catalog: bool = True) -> No
         raise Conflict("that would clash with an existing object or leave a dangling reference")
     if catalog:
         await _state(request).reload_catalog()
+
+
+async def _audit(request: Request, s: AsyncSession, action: str | None = None) -> None:
+    route = request.scope.get("route")
+    name = getattr(route, "name", None) or request.method
+    target = ",".join(f"{k}={v}" for k, v in request.path_params.items())
+    body = await request.body()
+    details: Any = None
+    if body:
+        try:
+            details = audit.redact(orjson.loads(body)) if len(body) <= audit.MAX_DETAILS else {"bytes": len(body)}
+        except orjson.JSONDecodeError:
+            details = {"bytes": len(body)}
+    audit.from_request(s, request, action or name.replace(" ", "_"), target, details)
 
 
 def user_view(u: User) -> dict[str, Any]:
@@ -271,7 +306,7 @@ async def rotate_key(key_id: int, request: Request) -> Response:
 
 
 # --- catalogue: chips, models, deployments, endpoints, and whole files ---
-@router.post("/catalog")
+@router.post("/catalog", openapi_extra=request_body(CatalogFile, "application/yaml"))
 async def apply_catalog_file(request: Request) -> Response:
     """Apply a catalogue YAML document (the request body), exactly as `mxn serve --catalog` does."""
     state = _state(request)
@@ -282,6 +317,8 @@ async def apply_catalog_file(request: Request) -> Response:
         raise InvalidRequest(str(exc), code="invalid_catalog")
     async with state.sessions() as s:
         counts = await apply_catalog(s, spec)
+        audit.from_request(s, request, "catalog.apply", "", counts)
+        await s.commit()
     await state.reload_catalog()
     return json_response({"applied": counts})
 
@@ -346,7 +383,7 @@ async def create_deployment(body: DeploymentSpec, request: Request) -> Response:
         row = Deployment(
             model=body.model,
             chip=body.chip,
-            moderation=body.moderation,
+            moderation=body.moderated,
             price_input=body.price.input,
             price_output=body.price.output,
             disclosure=body.disclosure,
@@ -356,7 +393,9 @@ async def create_deployment(body: DeploymentSpec, request: Request) -> Response:
         await s.flush()
         for spec in body.endpoints:
             s.add(Endpoint(deployment_id=row.id, source="admin", **endpoint_columns(spec)))
-        await _commit(request, s)
+        if body.own_rules is not None:
+            s.add(ModerationRule(deployment_id=row.id, source="admin", **rule_columns(body.own_rules)))
+        await _commit(request, s, action=None if body.moderated else "moderation.off")
         return json_response(deployment_view(row), 201)
 
 
@@ -371,7 +410,17 @@ async def patch_deployment(dep_id: int, body: DeploymentPatch, request: Request)
                 setattr(row, name, value)
         if "disclosure" in body.model_fields_set:
             row.disclosure = body.disclosure
-        await _commit(request, s)
+        action = None
+        if body.moderation is not None and body.moderation != row.moderation:
+            if not body.moderation and not body.confirm:
+                raise InvalidRequest(
+                    f'turning moderation off for {row.model}@{row.chip} needs "confirm": true',
+                    param="confirm",
+                    code="confirmation_required",
+                )
+            row.moderation = body.moderation
+            action = "moderation.on" if body.moderation else "moderation.off"
+        await _commit(request, s, action=action)
         return json_response(deployment_view(row))
 
 
@@ -506,6 +555,8 @@ async def create_codes(body: CodesCreate, request: Request) -> Response:
     state = _state(request)
     async with state.sessions() as s:
         created = await codes.create_codes(s, state.secret, body.quota, body.count)
+        audit.from_request(s, request, "codes.create", "", {"quota": body.quota, "count": body.count})
+        await s.commit()
     return json_response({"quota": body.quota, "codes": created}, 201)
 
 
@@ -559,6 +610,104 @@ async def cells(request: Request) -> Response:
             }
         )
     return json_response({"data": data})
+
+
+# --- moderation rule sets (global, or a deployment's own) and the audit log ---
+class RuleSetCreate(ModerationSpec):
+    deployment: str | None = None  # model@chip; unset = global
+
+    @model_validator(mode="after")
+    def _no_server_files(self) -> RuleSetCreate:
+        if self.keyword_files:
+            raise ValueError("keyword_files are read from catalogue files only; send `keywords` here")
+        return self
+
+
+class RuleSetPatch(Body):
+    name: str | None = Field(default=None, max_length=64)
+    keywords: list[str] | None = None
+    regexes: list[str] | None = None
+    classifier: ClassifierSpec | None = None
+
+    @field_validator("regexes")
+    @classmethod
+    def _compiles(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else compiling(v)
+
+
+def rule_set_view(r: ModerationRule, deployments: dict[int, str]) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "deployment": deployments.get(r.deployment_id) if r.deployment_id else None,
+        "source": r.source,
+        "name": r.name,
+        "keywords": r.keywords,
+        "regexes": r.regexes,
+        "classifier": r.classifier,
+        "updated_at": r.updated_at,
+    }
+
+
+async def _deployment_names(s: AsyncSession) -> dict[int, str]:
+    return {d.id: f"{d.model}@{d.chip}" for d in (await s.execute(select(Deployment))).scalars()}
+
+
+@router.get("/moderation")
+async def list_rule_sets(request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        names = await _deployment_names(s)
+        rows = (await s.execute(select(ModerationRule).order_by(ModerationRule.id))).scalars()
+        return json_response({"data": [rule_set_view(r, names) for r in rows]})
+
+
+@router.post("/moderation", status_code=201)
+async def create_rule_set(body: RuleSetCreate, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        deployment = await _deployment_by_name(s, body.deployment) if body.deployment else None
+        row = ModerationRule(deployment_id=deployment.id if deployment else None, source="admin", **rule_columns(body))
+        s.add(row)
+        await _commit(request, s, action="moderation.rules.create")
+        return json_response(rule_set_view(row, await _deployment_names(s)), 201)
+
+
+@router.get("/moderation/{rule_id}")
+async def get_rule_set(rule_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        return json_response(
+            rule_set_view(await _get(s, ModerationRule, rule_id, "rule set"), await _deployment_names(s))
+        )
+
+
+@router.patch("/moderation/{rule_id}")
+async def patch_rule_set(rule_id: int, body: RuleSetPatch, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        row = await _get(s, ModerationRule, rule_id, "rule set")
+        for name in body.model_fields_set:
+            value = getattr(body, name)
+            setattr(row, name, value.model_dump() if isinstance(value, BaseModel) else value)
+        row.updated_at = datetime.now(UTC)
+        await _commit(request, s, action="moderation.rules.update")
+        return json_response(rule_set_view(row, await _deployment_names(s)))
+
+
+@router.delete("/moderation/{rule_id}")
+async def delete_rule_set(rule_id: int, request: Request) -> Response:
+    async with _state(request).sessions() as s:
+        await s.delete(await _get(s, ModerationRule, rule_id, "rule set"))
+        await _commit(request, s, action="moderation.rules.delete")
+        return json_response({"id": rule_id, "deleted": True})
+
+
+@router.get("/audit")
+async def list_audit(
+    request: Request, action: str | None = None, actor: str | None = None, since: str | None = None, limit: int = 1000
+) -> Response:
+    """The newest first."""
+    async with _state(request).sessions() as s:
+        found = await audit.rows(
+            s, action=action, actor=actor, since=parse_since(since), limit=max(1, min(limit, 10_000))
+        )
+        return json_response({"data": [audit.view(a) for a in found]})
 
 
 def _simple_routes(

@@ -34,13 +34,17 @@ async def api_principal(request: Request) -> Principal:
         if request.method == "POST" and not request.headers.get("content-type", "").startswith("application/json"):
             raise PermissionDenied("console requests must send JSON", code="csrf")
         async with state.sessions() as s:
-            return await session_principal(s, state.secret, token)
+            principal = await session_principal(s, state.secret, token)
+        request.state.actor = f"user:{principal.user}"
+        return principal
     if not key:
         raise AuthError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
         )
     async with state.sessions() as s:
-        return await authenticate(s, state.secret, key, request.client.host if request.client else None)
+        principal = await authenticate(s, state.secret, key, request.client.host if request.client else None)
+    request.state.actor = f"user:{principal.user}"
+    return principal
 
 
 async def admin_principal(request: Request) -> Principal | None:
@@ -49,6 +53,7 @@ async def admin_principal(request: Request) -> Principal | None:
     key = presented_key(request)
     admin_key = state.settings.admin_key
     if key and admin_key and hmac.compare_digest(key.encode(), admin_key.encode()):
+        request.state.actor = "admin-key"
         return None
     principal = await api_principal(request)
     if not principal.is_admin:

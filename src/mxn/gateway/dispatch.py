@@ -15,6 +15,7 @@ from mxn.engines import ChunkStream
 from mxn.errors import MxnError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from mxn.gateway.normalize import StreamNormalizer
 from mxn.gateway.params import Prepared, for_endpoint
+from mxn.moderation.check import StreamGuard, moderate_chunk
 from mxn.routing import Health, Router
 
 log = logging.getLogger("mxn.dispatch")
@@ -137,7 +138,11 @@ CLIENT_CLOSED = 499
 
 
 async def sse_events(
-    stream: ChunkStream, norm: StreamNormalizer, include_usage: bool, finish: Finish
+    stream: ChunkStream,
+    norm: StreamNormalizer,
+    include_usage: bool,
+    finish: Finish,
+    guard: StreamGuard | None = None,
 ) -> AsyncIterator[bytes]:
     """The client's stream. Once it has begun, an error is an event, then [DONE]; never a hang."""
     status = CLIENT_CLOSED
@@ -149,12 +154,22 @@ async def sse_events(
                 status, error = 502, "upstream_error"
                 break
             out = norm.chunk(chunk)
-            if out is not None:
+            # With moderation, a chunk whose text is all held back for now is not sent.
+            if out is not None and (guard is None or await moderate_chunk(guard, out, norm.chat)):
                 yield sse(out)
+            if guard is not None and guard.blocked:
+                break
         else:
+            if guard is not None and guard.held():
+                # The upstream ended without a finish_reason: what was held back still goes out (or is cut).
+                yield sse(norm.text_chunk({i: await guard.feed(i, "", True) for i in guard.held()}))
             status, error = 200, None
-            if include_usage:
-                yield sse(norm.usage_chunk())
+        if guard is not None and guard.blocked:
+            # Generation stops here (closing the stream cancels it upstream); the client is told why.
+            yield sse({**norm.text_chunk({}, "content_filter"), "blocked": True})
+            status, error = 200, "content_filter"
+        if status == 200 and include_usage:
+            yield sse(norm.usage_chunk())
     except MxnError as exc:
         status, error = exc.status, exc.code
         yield sse(exc.body())

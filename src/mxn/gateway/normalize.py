@@ -121,16 +121,28 @@ class StreamNormalizer:
         completion = sum(self.tok.count("".join(parts)) for parts in self.texts.values())
         return settle_usage(self.upstream_usage, self.prompt_tokens, completion)
 
-    def usage_chunk(self) -> dict[str, Any]:
-        """OpenAI's closing chunk for `stream_options.include_usage`: no choices, the usage."""
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": self.id or new_id("chatcmpl" if self.chat else "cmpl"),
             "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.created or int(time.time()),
             "model": self.model,
-            "choices": [],
-            "usage": self.usage(),
+            "choices": choices,
         }
+
+    def text_chunk(self, texts: dict[int, str], finish_reason: str | None = None) -> dict[str, Any]:
+        """A chunk of our own: these texts per choice, or (with a finish_reason) the end of every choice."""
+        indices = sorted(texts) if finish_reason is None else sorted(set(self.texts) | {0})
+        choices = []
+        for i in indices:
+            text = texts.get(i, "")
+            body = {"delta": {"content": text} if text else {}} if self.chat else {"text": text}
+            choices.append({"index": i, **body, "logprobs": None, "finish_reason": finish_reason})
+        return self._envelope(choices)
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """OpenAI's closing chunk for `stream_options.include_usage`: no choices, the usage."""
+        return {**self._envelope([]), "usage": self.usage()}
 
 
 def embeddings(data: dict[str, Any], *, model: str, prompt_tokens: int) -> dict[str, Any]:

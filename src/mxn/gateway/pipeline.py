@@ -1,7 +1,5 @@
-"""The request path for generation: authenticate → parse → resolve the cell → prepare → dispatch → normalise.
-
-Accounting, limits and moderation plug in here as further steps.
-"""
+"""The request path for generation: authenticate → parse → resolve the cell → prepare → admit → moderate the
+input → dispatch → normalise (and moderate the output) → settle."""
 
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ from mxn.gateway.body import read_json, validate
 from mxn.gateway.params import Prepared, prepare_chat, prepare_completion
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
+from mxn.moderation import check as moderation
 from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 T = TypeVar("T")
@@ -87,6 +86,8 @@ async def _generate(
     try:
         # Chosen after admission and with no await before the first attempt starts, so that the router's
         # in-flight counts, concurrency caps and half-open probes see every request that is under way.
+        if cell.rules is not None:
+            await moderation.check_input(state.http, cell.rules, prepared.body, cell.name)
         candidates = _candidates(request, cell, principal)
         if prepared.stream:
             endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
@@ -97,22 +98,26 @@ async def _generate(
             body = normalize.response(
                 data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
             )
+            if cell.rules is not None:
+                await moderation.check_output(state.http, cell.rules, body, kind == "chat")
     except BaseException as exc:
         await _failed(adm, exc)
         raise
     if not prepared.stream:
         usage = body["usage"]
-        await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id)
+        blocked = "content_filter" if body.get("blocked") else None
+        await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id, blocked)
         return json_response(body, headers=adm.headers)
     adm.first_token()
     norm = normalize.StreamNormalizer(kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
+    guard = moderation.StreamGuard(cell.rules, state.http) if cell.rules is not None else None
 
     async def finish(status: int, error: str | None) -> None:
         used = norm.usage()
         await adm.finish(status, used["prompt_tokens"], used["completion_tokens"], endpoint.id, error)
 
     return StreamingResponse(
-        dispatch.sse_events(stream, norm, prepared.include_usage, finish),
+        dispatch.sse_events(stream, norm, prepared.include_usage, finish, guard),
         media_type="text/event-stream",
         headers={**SSE_HEADERS, **adm.headers},
     )

@@ -184,3 +184,58 @@ class Endpoint(Base):
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
     supports: Mapped[list[str] | None] = mapped_column(JSON)
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ModerationRule(Base):
+    """A rule set: global (no deployment) or one deployment's own, added to the global ones."""
+
+    __tablename__ = "moderation_rules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    # "catalog" rule sets belong to the catalogue file (re-applying it replaces them); "admin" ones survive.
+    source: Mapped[str] = mapped_column(String(16), default="admin")
+    name: Mapped[str] = mapped_column(String(64), default="")
+    keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
+    regexes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    classifier: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Audit(Base):
+    """Who did what, when, from where: admin actions and key events."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256), default="")
+    ip: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(512))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # One alert per occurrence, however many replicas notice it.
+    dedupe: Mapped[str] = mapped_column(String(160), unique=True)
+    # Webhook delivery: attempts so far, when to try next (None once delivered or given up).
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    last_error: Mapped[str | None] = mapped_column(String(256))
+
+
+class KeyAddress(Base):
+    """The client addresses each key has been used from (for new-address alerts)."""
+
+    __tablename__ = "key_addresses"
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

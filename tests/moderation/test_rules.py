@@ -1,0 +1,85 @@
+"""The checker's promises: hits found across chunk boundaries, nothing of a hit ever let out, cuts exact."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from mxn.moderation.check import StreamGuard
+from mxn.moderation.rules import Rules
+
+WORDS = ["forbidden-word", "禁止词", "Secret Plan", "abcd"]
+ID_NUMBER = r"\b\d{17}[\dXx]\b"
+
+
+def stream(rules: Rules, pieces: list[str]) -> tuple[str, bool]:
+    """Feed pieces as one choice of a stream; what went out, and whether it was blocked."""
+
+    async def run() -> tuple[str, bool]:
+        async with httpx.AsyncClient() as http:
+            guard = StreamGuard(rules, http)
+            out = []
+            for i, piece in enumerate(pieces):
+                out.append(await guard.feed(0, piece, i == len(pieces) - 1))
+                if guard.blocked:
+                    break
+            return "".join(out), guard.blocked
+
+    return asyncio.run(run())
+
+
+def test_whole_text_hits_keywords_case_insensitively_and_regexes() -> None:
+    rules = Rules(WORDS, [ID_NUMBER])
+    assert rules.first_hit("all is fine") is None
+    assert rules.first_hit("the SECRET plan is here") == 4
+    assert rules.first_hit("请不要说禁止词。") == 4
+    assert rules.first_hit("id 11010519491231002X ok") == 3
+    assert rules.first_hit("id 110105194912310 is too short") is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_hit_split_anywhere_is_cut_exactly_and_never_leaks(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = Rules(WORDS, [ID_NUMBER])
+    text = "Here is some text; the secret plan follows, and more."
+    cuts = sorted(rng.sample(range(1, len(text)), 6))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    out, blocked = stream(rules, pieces)
+    assert blocked
+    assert out == "Here is some text; the "
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_clean_text_goes_out_whole_whatever_the_chunking(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = Rules(WORDS, [ID_NUMBER])
+    text = "abc ab secret pla? abcx 1234567890 禁止 and forbidden words, not the forbidden-wor"
+    cuts = sorted(rng.sample(range(1, len(text)), 10))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    out, blocked = stream(rules, pieces)
+    assert not blocked
+    assert out == text
+
+
+def test_regex_hit_across_chunks_is_cut_before_it() -> None:
+    rules = Rules([], [ID_NUMBER])
+    out, blocked = stream(rules, ["my id is 110105", "1949123", "1002X, ok"])
+    assert blocked and out == "my id is "
+
+
+def test_held_text_is_only_what_may_still_become_a_hit() -> None:
+    rules = Rules(WORDS, [])
+    hit, safe = rules.scan("we have a secr", "")
+    assert hit is None and safe == len("we have a ")
+    hit, safe = rules.scan("nothing odd here!", "")
+    assert hit is None and safe == len("nothing odd here!")
+    hit, safe = rules.scan("nothing suspicious", "")  # a trailing "s" may begin "secret plan"
+    assert hit is None and safe == len("nothing suspicious") - 1
+
+
+def test_empty_rules_are_empty() -> None:
+    assert Rules([" ", ""], []).empty
+    assert not Rules(["x"], []).empty
