@@ -72,14 +72,28 @@ def test_regex_hit_across_chunks_is_cut_before_it() -> None:
 
 def test_held_text_is_only_what_may_still_become_a_hit() -> None:
     rules = Rules(WORDS, [])
-    hit, safe = rules.scan("we have a secr", "")
+    hit, safe, _ = rules.scan("we have a secr", "", 0)
     assert hit is None and safe == len("we have a ")
-    hit, safe = rules.scan("nothing odd here!", "")
+    hit, safe, _ = rules.scan("nothing odd here!", "", 0)
     assert hit is None and safe == len("nothing odd here!")
-    hit, safe = rules.scan("nothing suspicious", "")  # a trailing "s" may begin "secret plan"
+    hit, safe, _ = rules.scan("nothing suspicious", "", 0)  # a trailing "s" may begin "secret plan"
     assert hit is None and safe == len("nothing suspicious") - 1
 
 
 def test_empty_rules_are_empty() -> None:
     assert Rules([" ", ""], []).empty
     assert not Rules(["x"], []).empty
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_regex_hits_found_with_the_search_resuming_where_matches_may_still_start(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = Rules([], [ID_NUMBER, r"[\w.+-]+@[\w-]+\.[\w.]+"])
+    filler = " ".join(rng.choice(["word", "12345", "a.b", "x@", "1999"]) for _ in range(60))
+    for secret in ("11010519491231002X", "someone@example.org"):
+        text = f"{filler} then {secret} and more"
+        cuts = sorted(rng.sample(range(1, len(text)), 40))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        out, blocked = stream(rules, pieces)
+        assert blocked, secret
+        assert text.startswith(out) and secret not in out and len(out) <= text.index(secret)

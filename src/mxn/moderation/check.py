@@ -22,7 +22,7 @@ from mxn.moderation.rules import Classifier, Rules
 
 log = logging.getLogger("mxn.moderation")
 CLASSIFY_EVERY = 200
-CONTEXT = 256  # sent text kept for regexes that span chunks
+LOOKBEHIND = 16  # characters kept before where a regex match may start
 
 
 class ContentFiltered(PermissionDenied):
@@ -113,8 +113,8 @@ class StreamGuard:
 
     def __init__(self, rules: Rules, http: httpx.AsyncClient) -> None:
         self.rules, self.http = rules, http
-        self.pending: dict[int, str] = {}
-        self.sent: dict[int, str] = {}  # the last CONTEXT characters sent, per choice
+        self.pending: dict[int, str] = {}  # received, not yet sent
+        self.context: dict[int, tuple[str, int]] = {}  # sent text a regex may still match in, and from where
         self.unclassified: dict[int, int] = {}
         self.whole: dict[int, list[str]] = {}  # everything sent, for a classifier
         self.blocked = False
@@ -122,12 +122,12 @@ class StreamGuard:
     async def feed(self, index: int, text: str, final: bool) -> str:
         """The text of this choice that may go out now; sets `blocked` (and cuts) on a hit."""
         pending = self.pending.get(index, "") + text
-        context = self.sent.get(index, "")
-        hit, safe = self.rules.scan(pending, context)
+        context, live = self.context.get(index, ("", 0))
+        hit, safe, live = self.rules.scan(pending, context, live)
         if final and hit is None and self.rules.regex is not None:
-            # Nothing more will come: a partial match that never completed is no match.
-            m = self.rules.regex.search(context + pending)
-            if m is not None and m.end() > len(context):
+            # Nothing more will come: a partial match that never completed is no match; look for a whole one.
+            m = self.rules.regex.search(context + pending, live)
+            if m is not None:
                 hit = max(0, m.start() - len(context))
         if hit is not None:
             self.blocked = True
@@ -143,13 +143,14 @@ class StreamGuard:
                 if await flagged_by_classifiers(self.http, self.rules, "".join(self.whole[index])):
                     self.blocked, out = True, ""
             self.unclassified[index] = seen
-        self.sent[index] = (context + out)[-CONTEXT:]
+        if self.rules.regex is not None:
+            # Keep what a regex may still match from, plus a few characters for lookbehinds such as \b.
+            sent = context + out
+            keep = max(0, min(live, len(sent)) - LOOKBEHIND)
+            self.context[index] = (sent[keep:], live - keep)
         if self.blocked:
             metrics.MODERATION.labels("output", "blocked").inc()
         return out
-
-    def held(self) -> dict[int, str]:
-        return {i: p for i, p in self.pending.items() if p}
 
 
 async def moderate_chunk(guard: StreamGuard, chunk: dict[str, Any], chat: bool) -> bool:

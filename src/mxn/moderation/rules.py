@@ -71,11 +71,13 @@ class Rules:
         starts = [end - length + 1 for end, length in self.automaton.iter(folded)]
         return min(starts) if starts else None
 
-    def scan(self, pending: str, context: str) -> tuple[int | None, int]:
-        """For a stream: (where a hit starts in `pending`, or None; how much of `pending` is safe to send).
+    def scan(self, pending: str, context: str, live: int) -> tuple[int | None, int, int]:
+        """For a stream: where a hit starts in `pending` (or None), how much of `pending` may go out now,
+        and from where in `context + pending` a regex match may still start.
 
-        `pending` is text not yet sent; `context` is the sent text just before it. No keyword can start in
-        `context`: a suffix that could have begun one was held back. Regex matches may, up to MAX_REGEX_HOLD.
+        `pending` is text not yet sent; `context` is sent text kept for regexes, and `live` the offset in it
+        before which no regex match can start any more (the regex found neither a match nor a partial one
+        there). No keyword can start in `context`: an ending that could begin one was held back.
         """
         safe = len(pending)
         hit: int | None = None
@@ -87,16 +89,20 @@ class Rules:
                 if folded[s] in self.first_chars and self.automaton.match(folded[s:]):
                     safe = s
                     break
+        window = context + pending
+        search_from, live = live, len(window)
         if self.regex is not None:
-            window = context + pending
-            m = self.regex.search(window, partial=True)
+            m = self.regex.search(window, search_from, partial=True)
             if m is not None:
                 start = max(0, m.start() - len(context))
                 if not m.partial:
                     hit = start if hit is None else min(hit, start)
-                elif len(pending) - start <= MAX_REGEX_HOLD:
-                    safe = min(safe, start)
-        return hit, safe
+                    live = m.start()
+                elif len(window) - m.start() <= MAX_REGEX_HOLD:
+                    safe, live = min(safe, start), m.start()
+                else:  # too long to hold back: let it go, and stop looking that far back
+                    live = len(window) - MAX_REGEX_HOLD
+        return hit, safe, live
 
 
 class RuleCache:
