@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import httpx
+import orjson
 import pytest
 
 from mxn.moderation.check import StreamGuard
@@ -97,3 +98,41 @@ def test_regex_hits_found_with_the_search_resuming_where_matches_may_still_start
         out, blocked = stream(rules, pieces)
         assert blocked, secret
         assert text.startswith(out) and secret not in out and len(out) <= text.index(secret)
+
+
+class ListStream:
+    """A stream of chunks that ends without a finish_reason, as a broken-off upstream would."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for t in self.texts:
+            yield {"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_text_held_at_the_end_of_a_stream_without_finish_reason_still_goes_out() -> None:
+    from mxn.gateway.dispatch import sse_events
+    from mxn.gateway.normalize import StreamNormalizer
+    from mxn.tokens import get_tokenizer
+
+    async def run() -> list[bytes]:
+        async with httpx.AsyncClient() as http:
+            norm = StreamNormalizer(kind="chat", model="m", prompt_tokens=1, tok=get_tokenizer("tiktoken:gpt2", None))
+            finished: list[tuple[int, str | None]] = []
+
+            async def finish(status: int, error: str | None) -> None:
+                finished.append((status, error))
+
+            guard = StreamGuard(Rules(WORDS, []), http)
+            events = [e async for e in sse_events(ListStream(["it is a sec", "ret"]), norm, False, finish, guard)]
+            assert finished == [(200, None)]
+            return events
+
+    events = asyncio.run(run())
+    chunks = [orjson.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "it is a secret" and events[-1] == b"data: [DONE]\n\n"

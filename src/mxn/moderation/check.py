@@ -152,6 +152,10 @@ class StreamGuard:
             metrics.MODERATION.labels("output", "blocked").inc()
         return out
 
+    def held(self) -> list[int]:
+        """The choices with text still held back."""
+        return [i for i, p in self.pending.items() if p]
+
 
 async def moderate_chunk(guard: StreamGuard, chunk: dict[str, Any], chat: bool) -> bool:
     """Replace each choice's text by what may go out; False when the chunk has nothing left to say."""
