@@ -14,9 +14,10 @@ from mxn import __version__
 from mxn.accounts.secrets import load_secret
 from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
-from mxn.gateway import admin, responses, routes, user_api
+from mxn.gateway import admin, headers, responses, routes, user_api
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
+from mxn.limits.auth_failures import make_throttle
 from mxn.limits.memory import MemoryLimiter
 from mxn.routing import Router
 from mxn.store.db import create_engine, sessionmaker
@@ -56,6 +57,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.start_refresh()
     state.usage.start()
     state.start_health_checks()
+    state.throttle = make_throttle(settings.auth_fail_limit, settings.auth_fail_window, settings.redis_url)
+    state.throttle.start()
     app.state.mxn = state
     try:
         yield
@@ -74,4 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)
     app.add_exception_handler(Exception, responses.on_unexpected)
+    headers.install(app, app.state.settings)
     return app

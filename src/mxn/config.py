@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./mxn.db"
 
@@ -38,10 +40,26 @@ class Settings(BaseSettings):
     breaker_cooldown: float = 10.0
     # On SIGTERM, open requests and streams get this long to finish before the process exits.
     shutdown_grace: float = 30.0
+    # After this many failed authentications (unknown key, wrong admin key or password) from one client address
+    # within the window (seconds), its every attempt gets 429 until the window ends; 0 turns this off.
+    auth_fail_limit: int = 10
+    auth_fail_window: float = 60.0
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated, or
+    # "*"); empty: none, the client address is the TCP peer's.
+    forwarded_allow_ips: str = ""
+    # Origins that browsers may call the API from (comma-separated, e.g. https://app.example.com); empty: no
+    # CORS headers at all, and preflights are refused.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    cors_allow_credentials: bool = False
     # Where mxn keeps files of its own (the demo model).
     data_dir: str = ".mxn"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.
     demo: bool = True
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
 
 
 @lru_cache(maxsize=1)

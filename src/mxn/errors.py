@@ -92,6 +92,12 @@ class RateLimited(MxnError):
     default_code = "rate_limit_exceeded"
 
 
+class TooManyAuthFailures(RateLimited):
+    """Too many failed authentications from one client address: every attempt waits out the window."""
+
+    default_code = "too_many_auth_failures"
+
+
 class UpstreamError(MxnError):
     status = 502
     type = "upstream_error"

@@ -107,7 +107,9 @@ def catalog_file(upstreams, tmp_path_factory):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def server(database_url, catalog_file, upstreams, tmp_path_factory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {"MXN_ADMIN_KEY": ADMIN_KEY, "SSE_URL": upstreams["sse"].url}
+    # Every test's wrong keys and passwords come from 127.0.0.1: throttling them (tested in test_hardening.py, from
+    # addresses of their own) would make one test's 401s another's 429s.
+    env = {"MXN_ADMIN_KEY": ADMIN_KEY, "SSE_URL": upstreams["sse"].url, "MXN_AUTH_FAIL_LIMIT": "0"}
     proc = start_serve(log, database_url, "--catalog", str(catalog_file), env=env)
     try:
         yield Server(proc.url, first_start_key(proc.output()), ADMIN_KEY, database_url, proc, upstreams)

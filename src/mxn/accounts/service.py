@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import secrets
@@ -287,11 +288,26 @@ async def rotate_key(s: AsyncSession, secret: bytes, row: ApiKey) -> str:
     return key
 
 
+@functools.cache
+def _decoy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _verify_or_decoy(stored: str | None, password: str) -> bool:
+    """verify_password; with nothing to check against, the same work on a decoy, and False."""
+    if stored is None:
+        verify_password(_decoy_hash(), password)
+        return False
+    return verify_password(stored, password)
+
+
 async def login(s: AsyncSession, secret: bytes, name: str, password: str) -> tuple[User, str]:
     """A console session for a correct name and password; the same error for every wrong combination."""
     user = (await s.execute(select(User).where(User.name == name))).scalar_one_or_none()
-    # argon2 takes ~100 ms of CPU on purpose: off the event loop, so other requests keep flowing.
-    ok = user is not None and user.enabled and await asyncio.to_thread(verify_password, user.password_hash, password)
+    # argon2 takes ~100 ms of CPU on purpose: off the event loop, so other requests keep flowing. It runs for
+    # unknown, disabled and password-less users too, so that the time taken does not tell which names exist.
+    stored = user.password_hash if user is not None and user.enabled and user.password_hash else None
+    ok = await asyncio.to_thread(_verify_or_decoy, stored, password)
     if user is None or not ok:
         raise AuthError("wrong user name or password", code="invalid_credentials")
     token = secrets.token_urlsafe(32)

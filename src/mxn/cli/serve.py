@@ -77,6 +77,10 @@ def serve(
         http="httptools",
         log_level=settings.log_level,
         access_log=False,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default: a local client could then choose the
+        # address that key allowlists and the auth-failure throttle see. Only proxies named in settings are.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
 from mxn.limits import Limiter
+from mxn.limits.auth_failures import AuthThrottle, MemoryCounter
 from mxn.routing import Router
 from mxn.usage import UsageWriter
 
@@ -30,6 +31,8 @@ class AppState:
     usage: UsageWriter
     router: Router = field(default_factory=Router)
     catalog: Catalog = field(default_factory=Catalog)
+    # Failed authentications per client address; off (limit 0) until the app sets its own.
+    throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
 
@@ -67,5 +70,6 @@ class AppState:
                     await task
         await self.usage.close()  # a clean shutdown loses no usage record
         await self.limiter.close()
+        await self.throttle.close()
         await self.http.aclose()
         await self.db.dispose()

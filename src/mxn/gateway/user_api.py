@@ -15,7 +15,7 @@ from mxn.accounts import service as accounts
 from mxn.accounts.passwords import verify_password
 from mxn.accounts.service import Principal
 from mxn.errors import NotFound, PermissionDenied
-from mxn.gateway.auth import SESSION_COOKIE, api_principal
+from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.gateway.usage_views import usage_response, usage_rows
@@ -53,7 +53,8 @@ def _state(request: Request) -> AppState:
 @router.post("/login")
 async def login(body: Login, request: Request) -> Response:
     state = _state(request)
-    async with state.sessions() as s:
+    # Password guesses count as failed authentications of the client's address, before they are checked.
+    async with state.throttle.attempt(client_host(request)), state.sessions() as s:
         user, token = await accounts.login(s, state.secret, body.name, body.password)
     response = json_response({"user": user.name, "role": user.role})
     response.set_cookie(
@@ -80,11 +81,13 @@ async def logout(request: Request) -> Response:
     return response
 
 
-async def _confirm_password(s: AsyncSession, user_id: int, password: str) -> User:
+async def _confirm_password(request: Request, s: AsyncSession, user_id: int, password: str) -> User:
     """The seeds' "second verification": anything that makes or reveals a secret asks for the password again."""
-    user = await s.get(User, user_id)
-    if user is None or not await asyncio.to_thread(verify_password, user.password_hash, password):
-        raise PermissionDenied("the password is not right", param="password", code="wrong_password")
+    # A stolen key must not become a way to guess its owner's password: wrong ones are throttled like logins.
+    async with _state(request).throttle.attempt(client_host(request), failure=PermissionDenied):
+        user = await s.get(User, user_id)
+        if user is None or not await asyncio.to_thread(verify_password, user.password_hash, password):
+            raise PermissionDenied("the password is not right", param="password", code="wrong_password")
     return user
 
 
@@ -110,7 +113,7 @@ async def create_my_key(body: KeyCreate, request: Request) -> Response:
     principal = await api_principal(request)
     state = _state(request)
     async with state.sessions() as s:
-        user = await _confirm_password(s, principal.user_id, body.password)
+        user = await _confirm_password(request, s, principal.user_id, body.password)
         row, key = await accounts.create_key(s, state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS))
         await s.commit()
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
@@ -121,7 +124,7 @@ async def rotate_my_key(key_id: int, body: Confirm, request: Request) -> Respons
     principal = await api_principal(request)
     state = _state(request)
     async with state.sessions() as s:
-        await _confirm_password(s, principal.user_id, body.password)
+        await _confirm_password(request, s, principal.user_id, body.password)
         row = await _own_key(s, principal, key_id)
         key = await accounts.rotate_key(s, state.secret, row)
         await s.commit()
