@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from fastapi import FastAPI
@@ -14,7 +15,7 @@ from mxn import __version__
 from mxn.accounts.secrets import load_secret
 from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
-from mxn.gateway import admin, headers, responses, routes, user_api
+from mxn.gateway import admin, headers, openapi, responses, routes, user_api
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import make_throttle
@@ -78,4 +79,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, responses.on_http_error)
     app.add_exception_handler(Exception, responses.on_unexpected)
     headers.install(app, app.state.settings)
+    app.openapi = partial(openapi.document, app)  # type: ignore[method-assign]
     return app

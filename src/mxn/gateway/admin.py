@@ -35,6 +35,7 @@ from mxn.catalog.schema import (
 )
 from mxn.errors import Conflict, InvalidRequest, NotFound
 from mxn.gateway.auth import admin_principal
+from mxn.gateway.body import validate
 from mxn.gateway.openapi import request_body
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
@@ -358,7 +359,7 @@ async def create_model(body: ModelSpec, request: Request) -> Response:
 async def patch_model(name: str, body: ModelPatch, request: Request) -> Response:
     async with _state(request).sessions() as s:
         model = await _get(s, Model, name, "model")
-        merged = ModelSpec.model_validate({**model_view(model), **body.model_dump(exclude_unset=True)})
+        merged = validate(ModelSpec, {**model_view(model), **body.model_dump(exclude_unset=True)})
         _patch(model, ModelPatch.model_validate(merged.model_dump(exclude={"name"}), strict=False))
         await _commit(request, s)
         return json_response(model_view(model))
@@ -725,7 +726,7 @@ def _simple_routes(
     def ident(raw: str) -> int | str:
         if not int_id:
             return raw
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # str.isdigit() also takes '²', which int() refuses
             raise NotFound(f"no {what} '{raw[:64]}'", code=f"{what}_not_found")
         return int(raw)
 

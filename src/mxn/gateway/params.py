@@ -45,12 +45,14 @@ class Prepared:
 
 
 def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
+    req.check()
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     prompt_tokens = cell.model.tokenizer.count_messages(messages)
     return _prepare(req, raw, cell, prompt_tokens, prompt_tokens, req.n or 1)
 
 
 def prepare_completion(req: CompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
+    req.check()  # first: the rules are what make the prompt countable (an empty list has nothing to count)
     tok = cell.model.tokenizer
     prompt = req.prompt
     if isinstance(prompt, str):
@@ -70,7 +72,6 @@ def _prepare(
     longest: int,
     choices: int,
 ) -> Prepared:
-    req.check()
     body = dict(raw)
     for name, value in cell.model.defaults.items():
         if body.get(name) is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,11 +49,28 @@ async def on_http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFound("no such route", code="unknown_route"))
-    err = MxnError(str(exc.detail), code=f"http_{exc.status_code}")
+    kind = InvalidRequest if exc.status_code < 500 else MxnError  # e.g. 405: the client's mistake, not a server_error
+    err = kind(str(exc.detail), code=f"http_{exc.status_code}")
     return Response(err.json(), status_code=exc.status_code, media_type="application/json")
 
 
+def _unstorable(exc: Exception) -> bool:
+    """A value from the request that the store cannot hold: an integer past its columns' range, or text with NUL.
+
+    SQLite's driver raises OverflowError for integers past 64 bits; asyncpg refuses out-of-range integers and NUL
+    characters with its DataError, which SQLAlchemy passes on as a plain DBAPIError.
+    """
+    if isinstance(exc, OverflowError | DataError):
+        return True
+    return isinstance(exc, DBAPIError) and isinstance(
+        getattr(exc.orig, "__cause__", None), asyncpg.exceptions.DataError
+    )
+
+
 async def on_unexpected(_request: Request, exc: Exception) -> Response:
+    if _unstorable(exc):
+        message = "a value in the request is out of range or cannot be stored (too large a number, or a NUL character)"
+        return error_response(InvalidRequest(message, code="value_out_of_range"))
     # The details go to the server log, never to the client.
     log.exception("unhandled error: %s", type(exc).__name__)
     if isinstance(exc, TimeoutError):

@@ -13,11 +13,18 @@ from mxn.errors import ModelNotFound, ServiceUnavailable
 from mxn.gateway import pipeline, views
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import validate
+from mxn.gateway.openapi import PUBLIC, request_body
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.protocol.maas import ModelDetailsRequest, TokenCountRequest
+from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 router = APIRouter()
+# Bodies as /docs shows them; the /v1 form names its cell in `model`, a /maas path names it instead.
+CHAT, COMPLETION = request_body(ChatCompletionRequest), request_body(CompletionRequest)
+V1_CHAT, V1_COMPLETION, V1_EMBEDDING = (
+    request_body(m, require=("model",)) for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+)
 _STARTED = int(time.time())
 
 
@@ -27,17 +34,17 @@ def _state(request: Request) -> AppState:
 
 
 # --- OpenAI form: the chip is chosen by routing, or named as `model@chip` ---
-@router.post("/v1/chat/completions", tags=["openai"])
+@router.post("/v1/chat/completions", tags=["openai"], openapi_extra=V1_CHAT)
 async def v1_chat(request: Request) -> Response:
     return await pipeline.chat_completions(request)
 
 
-@router.post("/v1/completions", tags=["openai"])
+@router.post("/v1/completions", tags=["openai"], openapi_extra=V1_COMPLETION)
 async def v1_completions(request: Request) -> Response:
     return await pipeline.completions(request)
 
 
-@router.post("/v1/embeddings", tags=["openai"])
+@router.post("/v1/embeddings", tags=["openai"], openapi_extra=V1_EMBEDDING)
 async def v1_embeddings(request: Request) -> Response:
     return await pipeline.embeddings(request)
 
@@ -53,17 +60,17 @@ async def v1_models(request: Request) -> Response:
 
 
 # --- GenStudio M×N form: one exact cell per base URL ---
-@router.post("/maas/{model}/{chip}/chat/completions", tags=["maas"])
+@router.post("/maas/{model}/{chip}/chat/completions", tags=["maas"], openapi_extra=CHAT)
 async def maas_chat(model: str, chip: str, request: Request) -> Response:
     return await pipeline.chat_completions(request, (model, chip))
 
 
-@router.post("/maas/{model}/{chip}/completions", tags=["maas"])
+@router.post("/maas/{model}/{chip}/completions", tags=["maas"], openapi_extra=COMPLETION)
 async def maas_completions(model: str, chip: str, request: Request) -> Response:
     return await pipeline.completions(request, (model, chip))
 
 
-@router.post("/maas/{model}/{chip}/token_count", tags=["maas"])
+@router.post("/maas/{model}/{chip}/token_count", tags=["maas"], openapi_extra=request_body(TokenCountRequest))
 async def maas_token_count(model: str, chip: str, request: Request) -> Response:
     _principal, raw, cell = await pipeline.begin(request, (model, chip))
     req = validate(TokenCountRequest, raw)
@@ -72,7 +79,7 @@ async def maas_token_count(model: str, chip: str, request: Request) -> Response:
     )
 
 
-@router.post("/maas/{model}/{chip}/get_model_details", tags=["maas"])
+@router.post("/maas/{model}/{chip}/get_model_details", tags=["maas"], openapi_extra=request_body(ModelDetailsRequest))
 async def maas_model_details(model: str, chip: str, request: Request) -> Response:
     _principal, raw, cell = await pipeline.begin(request, (model, chip))
     validate(ModelDetailsRequest, raw)
@@ -122,12 +129,12 @@ async def genstudio_model_list(
 
 
 # --- health ---
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], openapi_extra=PUBLIC)
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", tags=["health"])
+@router.get("/readyz", tags=["health"], openapi_extra=PUBLIC)
 async def readyz(request: Request) -> Response:
     state = _state(request)
     try:
@@ -143,6 +150,6 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "deployments": len(cells), "running": running})
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], openapi_extra=PUBLIC)
 async def prometheus_metrics() -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

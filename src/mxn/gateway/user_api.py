@@ -16,6 +16,7 @@ from mxn.accounts.passwords import verify_password
 from mxn.accounts.service import Principal
 from mxn.errors import NotFound, PermissionDenied
 from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host
+from mxn.gateway.openapi import PUBLIC
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.gateway.usage_views import usage_response, usage_rows
@@ -50,7 +51,7 @@ def _state(request: Request) -> AppState:
     return state
 
 
-@router.post("/login")
+@router.post("/login", openapi_extra=PUBLIC)
 async def login(body: Login, request: Request) -> Response:
     state = _state(request)
     # Password guesses count as failed authentications of the client's address, before they are checked.
@@ -69,7 +70,7 @@ async def login(body: Login, request: Request) -> Response:
     return response
 
 
-@router.post("/logout")
+@router.post("/logout", openapi_extra=PUBLIC)
 async def logout(request: Request) -> Response:
     state = _state(request)
     token = request.cookies.get(SESSION_COOKIE)
