@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from mxn import __version__
 from mxn.accounts.secrets import load_secret
+from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
 from mxn.gateway import admin, headers, openapi, responses, routes, user_api
@@ -54,7 +55,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         UsageWriter(sessions),
         Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),
     )
+    state.alerts = Alerts(settings, sessions, state.http)
+    state.router.on_down = state.alerts.endpoint_down
     await state.reload_catalog()
+    state.alerts.start()
     state.start_refresh()
     state.usage.start()
     state.start_health_checks()

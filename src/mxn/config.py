@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./mxn.db"
@@ -55,6 +55,25 @@ class Settings(BaseSettings):
     data_dir: str = ".mxn"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.
     demo: bool = True
+    # Alerts go to this URL (POST, JSON) signed with HMAC-SHA256 under the secret; unset = stored and listed only.
+    alert_webhook: str | None = None
+    alert_webhook_secret: str | None = None
+    # Deliveries are tried this many times, backing off from alert_backoff seconds, doubling.
+    alert_retries: int = 6
+    alert_backoff: float = 2.0
+    # A usage spike: a key's tokens in the last window ≥ factor × its average window over the `baseline`
+    # windows before, and at least min_tokens. Checked every alert_interval seconds.
+    alert_spike_window: float = 3600.0
+    alert_spike_baseline: int = 24
+    alert_spike_factor: float = 5.0
+    alert_spike_min_tokens: int = 10_000
+    alert_interval: float = 60.0
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        if self.alert_webhook and not self.alert_webhook_secret:
+            raise ValueError("MXN_ALERT_WEBHOOK needs MXN_ALERT_WEBHOOK_SECRET, the key its signatures use")
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class Router:
         self.cooldown = cooldown
         self.error_rate = error_rate
         self.health: dict[int, Health] = {}
+        # Told when an endpoint goes down (breaker opens, or a health check fails): (endpoint id, cell, why).
+        self.on_down: Callable[[int, str, str], None] | None = None
 
     def of(self, cell: Cell, endpoint: EndpointInfo) -> Health:
         h = self.health.get(endpoint.id)
@@ -163,11 +166,16 @@ class Router:
         ):
             h.opened_at = time.monotonic()
             self._set(h, OPEN, f"breaker open after {h.failures} failures in a row ({why})")
+            self._down(h, f"breaker open after {h.failures} failures in a row ({why})")
 
     def _set(self, h: Health, breaker: str, what: str) -> None:
         h.breaker = breaker
         metrics.BREAKER.labels(*h.labels).set(_BREAKER_GAUGE[breaker])
         h.note(what)
+
+    def _down(self, h: Health, why: str) -> None:
+        if self.on_down is not None:
+            self.on_down(h.endpoint.id, f"{h.labels[0]}@{h.labels[1]}", why)
 
     # --- active checks ---
     async def check_all(self, catalog: Catalog, client: httpx.AsyncClient) -> None:
@@ -186,6 +194,8 @@ class Router:
         if ok != h.healthy:
             h.healthy = ok
             h.note("health check passed: back in rotation" if ok else "health check failed: out of rotation")
+            if not ok:
+                self._down(h, "health check failed")
             if ok and h.breaker == OPEN:
                 self._set(h, HALF_OPEN, "breaker half-open after a passing health check")
 

@@ -47,6 +47,8 @@ async def redeem(s: AsyncSession, secret: bytes, user_id: int, code: str) -> int
     if quota is None:
         await s.rollback()
         raise NotFound("this code does not exist or has already been redeemed", param="code", code="invalid_code")
-    await s.execute(update(User).where(User.id == user_id).values(quota=User.quota + quota))
+    # A top-up starts a new grant: quota alerts count from the new balance.
+    topped = User.quota + quota
+    await s.execute(update(User).where(User.id == user_id).values(quota=topped, quota_granted=topped, quota_alerted=0))
     await s.commit()
     return int(quota)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from mxn.accounts import service as accounts
@@ -40,7 +41,13 @@ def serve(
         if value is not None:
             os.environ[f"MXN_{name}"] = str(value)
     get_settings.cache_clear()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            typer.echo(f"error: invalid setting{' MXN_' + field.upper() if field else ''}: {err['msg']}", err=True)
+        raise typer.Exit(2)
     spec = load_or_exit(settings.catalog) if settings.catalog else None
 
     async def prepare(s, secret):  # type: ignore[no-untyped-def]

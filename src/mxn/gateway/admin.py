@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from mxn import audit
+from mxn import alerts, audit
 from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import hash_password
@@ -709,6 +709,18 @@ async def list_audit(
             s, action=action, actor=actor, since=parse_since(since), limit=max(1, min(limit, 10_000))
         )
         return json_response({"data": [audit.view(a) for a in found]})
+
+
+@router.get("/alerts")
+async def list_alerts(
+    request: Request, kind: str | None = None, user: int | None = None, since: str | None = None, limit: int = 1000
+) -> Response:
+    """The newest first; `kind` is one of usage_spike, new_ip, quota_80, quota_100, endpoint_down."""
+    async with _state(request).sessions() as s:
+        found = await alerts.rows(
+            s, kind=kind, user_id=user, since=parse_since(since), limit=max(1, min(limit, 10_000))
+        )
+        return json_response({"data": [alerts.view(a) for a in found]})
 
 
 def _simple_routes(

@@ -75,6 +75,8 @@ class Admission:
                 )
             finally:
                 await self.state.limiter.release([r for r in self.rules if r.kind == CONCURRENT], self.request_id)
+        if not self.reservation.empty:
+            self.state.alerts.soon(self.state.alerts.quota_spent(self.reservation.user_id, self.reservation.key_id))
         p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id
         latency = time.perf_counter() - self.started
         metrics.REQUESTS.labels(model, chip, str(status)).inc()
@@ -153,6 +155,8 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
         _refused(state, principal, cell, route, exc.code or "insufficient_quota", "quota", "balance")
+        minimum = price.cost(prepared.prompt_tokens, 1)
+        state.alerts.soon(state.alerts.quota_spent(principal.user_id, principal.key_id or None, below=minimum))
         exc.headers = {**limit_headers, **exc.headers}
         raise
     if reservation.amount < want:

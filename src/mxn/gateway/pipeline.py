@@ -34,6 +34,10 @@ async def begin(request: Request, ref: CellRef) -> tuple[Principal, dict[str, An
     """The steps every generation route starts with."""
     state: AppState = request.app.state.mxn
     principal = await api_principal(request)
+    if principal.key_id:
+        await state.alerts.key_used(
+            principal.key_id, principal.user_id, request.client.host if request.client else None
+        )
     raw = await read_json(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     cell = resolve_cell(state, ref, raw.get("model"))
     if not (cell.model.public or principal.is_admin):

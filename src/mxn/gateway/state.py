@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
 from mxn.limits import Limiter
@@ -33,6 +34,7 @@ class AppState:
     catalog: Catalog = field(default_factory=Catalog)
     # Failed authentications per client address; off (limit 0) until the app sets its own.
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
+    alerts: Alerts = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
 
@@ -68,6 +70,7 @@ class AppState:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.alerts.close()
         await self.usage.close()  # a clean shutdown loses no usage record
         await self.limiter.close()
         await self.throttle.close()

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from mxn import alerts, audit
 from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import verify_password
@@ -19,7 +20,7 @@ from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host
 from mxn.gateway.openapi import PUBLIC
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
-from mxn.gateway.usage_views import usage_response, usage_rows
+from mxn.gateway.usage_views import parse_since, usage_response, usage_rows
 from mxn.store.models import ApiKey, User
 
 router = APIRouter(prefix="/api", tags=["user"])
@@ -116,6 +117,8 @@ async def create_my_key(body: KeyCreate, request: Request) -> Response:
     async with state.sessions() as s:
         user = await _confirm_password(request, s, principal.user_id, body.password)
         row, key = await accounts.create_key(s, state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS))
+        await s.flush()
+        audit.from_request(s, request, "key.create", f"key:{row.id}", {"name": row.name})
         await s.commit()
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
 
@@ -128,6 +131,7 @@ async def rotate_my_key(key_id: int, body: Confirm, request: Request) -> Respons
         await _confirm_password(request, s, principal.user_id, body.password)
         row = await _own_key(s, principal, key_id)
         key = await accounts.rotate_key(s, state.secret, row)
+        audit.from_request(s, request, "key.rotate", f"key:{row.id}")
         await s.commit()
         return json_response({**accounts.key_view(row, principal.user), "key": key})
 
@@ -138,6 +142,7 @@ async def revoke_my_key(key_id: int, request: Request) -> Response:
     async with _state(request).sessions() as s:
         row = await _own_key(s, principal, key_id)
         row.enabled = False
+        audit.from_request(s, request, "key.revoke", f"key:{row.id}")
         await s.commit()
         return json_response(accounts.key_view(row, principal.user))
 
@@ -147,6 +152,7 @@ async def delete_my_key(key_id: int, request: Request) -> Response:
     principal = await api_principal(request)
     async with _state(request).sessions() as s:
         await s.delete(await _own_key(s, principal, key_id))
+        audit.from_request(s, request, "key.delete", f"key:{key_id}")
         await s.commit()
         return json_response({"id": key_id, "deleted": True})
 
@@ -194,3 +200,14 @@ async def my_usage(request: Request, since: str | None = None, limit: int = 10_0
     async with state.sessions() as s:
         rows = await usage_rows(s, user_id=principal.user_id, since=since, limit=limit)
     return usage_response(rows, format)
+
+
+@router.get("/alerts")
+async def my_alerts(request: Request, since: str | None = None, limit: int = 100) -> Response:
+    """Alerts about the caller's own account and keys, the newest first."""
+    principal = await api_principal(request)
+    async with _state(request).sessions() as s:
+        found = await alerts.rows(
+            s, user_id=principal.user_id, since=parse_since(since), limit=max(1, min(limit, 1000))
+        )
+        return json_response({"data": [alerts.view(a) for a in found]})

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -41,6 +42,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     group: Mapped[str] = mapped_column("group_name", String(64), default="default")
     quota: Mapped[int | None] = mapped_column(BigInteger)
+    # The balance when it was last set or topped up, and the share of it already alerted on (0, 80, 100).
+    quota_granted: Mapped[int | None] = mapped_column(BigInteger)
+    quota_alerted: Mapped[int] = mapped_column(Integer, default=0)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -65,6 +69,15 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     concurrency: Mapped[int | None] = mapped_column(Integer)
     quota: Mapped[int | None] = mapped_column(BigInteger)
+    quota_granted: Mapped[int | None] = mapped_column(BigInteger)
+    quota_alerted: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@event.listens_for(User.quota, "set")
+@event.listens_for(ApiKey.quota, "set")
+def _granted(target: User | ApiKey, value: int | None, _old: Any, _initiator: Any) -> None:
+    """Setting a balance (not spending it: that is a conditional UPDATE) starts a new grant for alerts."""
+    target.quota_granted, target.quota_alerted = value, 0
 
 
 class Group(Base):

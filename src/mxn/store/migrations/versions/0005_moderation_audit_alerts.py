@@ -16,6 +16,11 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    for table in ("users", "api_keys"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("quota_granted", sa.BigInteger(), nullable=True))
+            batch.add_column(sa.Column("quota_alerted", sa.Integer(), nullable=False, server_default="0"))
+        op.execute(f"UPDATE {table} SET quota_granted = quota")
     op.create_table(
         "moderation_rules",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -81,3 +86,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("key_addresses", "alerts", "audit", "moderation_rules"):
         op.drop_table(table)
+    for table in ("users", "api_keys"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("quota_alerted")
+            batch.drop_column("quota_granted")
