@@ -8,7 +8,7 @@ CATALOG ?=
 # CPU build by default; on a GPU machine: make serve TORCH=torch (or a CUDA/ROCm wheel of your choice).
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint demo clean
+.PHONY: serve test lint demo clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# The console's browser tests drive Debian's chromium (with CJK fonts for the Chinese pages).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium fonts-noto-cjk; }
+
+test: lint browser
 	$(BIN)/pytest -q
 
 clean:

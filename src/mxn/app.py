@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from mxn import __version__
+from mxn import __version__, console
 from mxn.accounts.secrets import load_secret
 from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(user_api.router)
+    app.router.routes.extend(console.routes)
     app.add_exception_handler(MxnError, responses.on_mxn_error)
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)

@@ -15,7 +15,7 @@ from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import verify_password
 from mxn.accounts.service import Principal
-from mxn.errors import NotFound, PermissionDenied
+from mxn.errors import AuthError, NotFound, PermissionDenied
 from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host
 from mxn.gateway.openapi import PUBLIC
 from mxn.gateway.responses import json_response
@@ -170,6 +170,17 @@ async def redeem(body: Redeem, request: Request) -> Response:
         amount = await codes.redeem(s, state.secret, principal.user_id, body.code)
         user = await s.get(User, principal.user_id)
         return json_response({"redeemed": amount, "quota": user.quota if user else None})
+
+
+@router.get("/session", openapi_extra=PUBLIC)
+async def session(request: Request) -> Response:
+    """Who the console is signed in as: /me's answer, or `{"user": null}` (200, not 401) when nobody is."""
+    if not request.cookies.get(SESSION_COOKIE):
+        return json_response({"user": None})
+    try:
+        return await me(request)
+    except AuthError:
+        return json_response({"user": None})
 
 
 @router.get("/me")
