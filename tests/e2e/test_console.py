@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, Server, first_start_key, start_serve, start_upstream
+from tests.conftest import ROOT, Server, first_start_key, mxn, start_serve, start_upstream
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "build" / "screenshots"
@@ -152,8 +152,12 @@ def test_create_a_key_and_see_it_once(tab: Tab, console: tuple[Server, str]) -> 
     # The key works, and it is never shown again.
     assert httpx.get(server.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
     page.reload()
-    expect(page.get_by_role("cell", name="from-console")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="from-console"))
+    expect(row).to_be_visible()
     assert key not in page.content()
+    row.get_by_role("button", name="Revoke").click()
+    expect(row.get_by_role("cell", name="revoked")).to_be_visible()
+    assert httpx.get(server.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 401
 
 
 def test_streaming_chat_in_the_playground(tab: Tab) -> None:
@@ -227,3 +231,34 @@ def test_admin_pages_and_disabling_moderation_asks_first(tab: Tab, console: tupl
         assert event["actor"] == "user:admin" and event["target"] == f"dep_id={dep['id']}"
     page.locator("button[data-deployment='glm-chat@nvidia']").click()  # back on: no question asked
     expect(page.locator("[data-state='glm-chat@nvidia']")).to_have_text("on")
+
+
+def test_a_user_redeems_a_code_then_logs_out(console: tuple[Server, str], browser: Browser) -> None:
+    server, _ = console
+    mxn(
+        "users",
+        "create",
+        "carol",
+        "--password-stdin",
+        "--quota",
+        "100",
+        database_url=server.database_url,
+        stdin="carol-password\n",
+    )
+    with server.admin() as admin:
+        (code,) = admin.post("/admin/codes", json={"quota": 500, "count": 1}).json()["codes"]
+    t = Tab(browser, server.url)
+    page = t.open("profile")
+    page.get_by_label("User name").fill("carol")
+    page.get_by_label("Password").fill("carol-password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Profile")).to_be_visible()
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)  # not an admin
+    expect(page.get_by_test_id("quota")).to_have_text("100")
+    page.get_by_label("Code").fill(code)
+    page.get_by_role("button", name="Redeem a code").click()
+    expect(page.get_by_test_id("quota")).to_have_text("600")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    assert not [c for c in page.context.cookies() if c["name"] == "mxn_session"]  # the session is gone
+    t.close()

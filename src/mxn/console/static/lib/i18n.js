@@ -26,7 +26,7 @@ const STRINGS = {
     nothing: "Nothing yet.", weight: "Weight", priority: "Priority", url: "URL or engine", rules: "Rule sets",
     keywords: "keywords", regexes: "regexes", scope: "Scope", global: "global", blocked: "blocked by moderation",
     loading: "Loading…", not_admin: "This page is for administrators.", bad_login: "Wrong user name or password.",
-    limits: "Limits",
+    limits: "Limits", you: "You",
   },
   zh: {
     models: "模型广场", playground: "体验中心", compare: "M×N 对比", keys: "API 密钥", usage: "用量",
@@ -53,7 +53,7 @@ const STRINGS = {
     nothing: "暂无数据。", weight: "权重", priority: "优先级", url: "URL 或引擎", rules: "规则集",
     keywords: "关键词", regexes: "正则", scope: "范围", global: "全局", blocked: "已被内容审核拦截",
     loading: "加载中…", not_admin: "此页面仅限管理员。", bad_login: "用户名或密码错误。",
-    limits: "限额",
+    limits: "限额", you: "我",
   },
 };
 

@@ -18,10 +18,12 @@ function confirmDialog(message) {
 
 const TABS = {
   async catalogue() {
-    const [{ data: chips }, { data: deps }, { data: eps }] = await Promise.all(
-      [api("/admin/chips"), api("/admin/deployments"), api("/admin/endpoints")]);
+    const [{ data: chips }, { data: models }, { data: deps }, { data: eps }] = await Promise.all(
+      [api("/admin/chips"), api("/admin/models"), api("/admin/deployments"), api("/admin/endpoints")]);
     return h("div", {},
       h("h2", {}, t("chips")), table([["id", (c) => c.id], [t("name"), (c) => c.name], [t("alias"), (c) => c.alias ?? ""]], chips),
+      h("h2", {}, t("models")), table([[t("model"), (m) => m.name], [t("kind"), (m) => m.kind],
+        [t("context"), (m) => m.context_length], ["tokenizer", (m) => m.tokenizer ?? "—"], ["public", (m) => String(m.public)]], models),
       h("h2", {}, t("deployments")), table([[t("model"), (d) => d.name], [t("price"), (d) => `${d.price.input} / ${d.price.output}`],
         [t("moderation"), (d) => (d.moderation ? t("on") : t("off"))]], deps),
       h("h2", {}, t("endpoints")), table([["id", (e) => e.id], [t("deployments"), (e) => e.deployment],

@@ -39,14 +39,16 @@ export async function render(params) {
       panes.append(h("article", { class: "pane", "data-cell": cell.id }, h("h2", {}, `${cell.root} @ ${cell.chip_name}`),
         answer, live, status));
       const started = performance.now();
-      let first = null, text = "";
+      let first = null, text = "", pieces = 0;
       try {
         const m = await streamChat(cell.id, body, (d) => {
           first ??= performance.now();
           text += d;
+          pieces += 1; // about one token per streamed piece, until the usage chunk gives the exact count
           answer.textContent = text;
           const secs = (performance.now() - first) / 1000;
-          live.textContent = `${t("ttft")}: ${fmt(first - started, 0)} ms · ${text.length} chars · ${fmt(secs, 2)} s`;
+          live.textContent = `${t("ttft")}: ${fmt(first - started, 0)} ms · ~${pieces} ${t("tokens")} · ` +
+            `~${fmt(secs > 0 ? (pieces - 1) / secs : null)} ${t("tps")}`;
         }, controller.signal);
         live.replaceWith(metricsLine(m, cell.price));
       } catch (err) {

@@ -26,9 +26,9 @@ export async function render(params) {
     error.textContent = "";
     input.value = "";
     history.push({ role: "user", content: text });
-    log.append(h("div", { class: "msg user" }, text));
-    const answer = h("div", { class: "msg assistant", "data-testid": "answer" });
-    log.append(answer);
+    log.append(h("div", { class: "msg user" }, h("b", {}, `${t("you")}: `), text));
+    const answer = h("span", { "data-testid": "answer" });
+    log.append(h("div", { class: "msg assistant" }, h("b", {}, `${choose.value}: `), answer));
     const messages = [...(system.value.trim() ? [{ role: "system", content: system.value.trim() }] : []), ...history];
     controller = new AbortController();
     send.disabled = true;

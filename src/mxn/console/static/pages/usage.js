@@ -14,7 +14,7 @@ function perDay(rows) {
     days.set(day, d);
   }
   const keys = [...days.keys()].sort();
-  return { x: keys.map((k) => Date.parse(k + "T00:00:00Z") / 1000), rows: keys.map((k) => days.get(k)) };
+  return { names: keys, rows: keys.map((k) => days.get(k)) };
 }
 
 function totals(rows, by) {
@@ -29,14 +29,16 @@ function totals(rows, by) {
   return [...out.values()].sort((a, b) => b.tokens - a.tokens);
 }
 
-function chart(title, x, y, color) {
+// One bar per name (a day, a model, a chip), from zero up.
+function chart(title, names, y, color) {
+  const x = names.map((_, i) => i);
   const box = h("figure", { class: "card chart", "data-chart": title }, h("figcaption", {}, title));
   // Drawn once the figure is in the page, at its width, and redrawn when that changes.
   requestAnimationFrame(() => {
     const plot = new window.uPlot({
       width: box.clientWidth - 32, height: 200,
-      scales: { x: { time: true, range: (_u, min, max) => [min - 86400, max + 86400] } },
-      axes: [{}, { size: 60 }],
+      scales: { x: { time: false, range: [-0.5, names.length - 0.5] }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      axes: [{ splits: () => x, values: () => names }, { size: 60 }],
       series: [{}, { label: title, stroke: color, fill: color + "55", paths: window.uPlot.paths.bars({ size: [0.6, 40] }) }],
     }, [x, y], box);
     new ResizeObserver(() => plot.setSize({ width: box.clientWidth - 32, height: 200 })).observe(box);
@@ -52,11 +54,16 @@ export async function render() {
   return h("div", {}, h("h1", {}, t("usage")),
     h("p", {}, h("a", { class: "button", href: "/api/usage?since=30d&format=csv", download: "usage.csv" }, t("export_csv"))),
     rows.length ? h("div", { class: "charts" },
-      chart(t("tokens_per_day"), days.x, days.rows.map((d) => d.tokens), "#1f6feb"),
-      chart(t("requests_per_day"), days.x, days.rows.map((d) => d.requests), "#1a7f37"),
-      chart(t("cost_per_day"), days.x, days.rows.map((d) => d.cost), "#bf8700")) : h("p", { class: "muted" }, t("nothing")),
-    h("div", { class: "charts" }, h("section", {}, h("h2", {}, t("by_model")), byTotals("model")),
-      h("section", {}, h("h2", {}, t("by_chip")), byTotals("chip"))),
+      chart(t("tokens_per_day"), days.names, days.rows.map((d) => d.tokens), "#1f6feb"),
+      chart(t("requests_per_day"), days.names, days.rows.map((d) => d.requests), "#1a7f37"),
+      chart(t("cost_per_day"), days.names, days.rows.map((d) => d.cost), "#bf8700")) : h("p", { class: "muted" }, t("nothing")),
+    h("div", { class: "charts" }, ["model", "chip"].map((by) => {
+      const sums = totals(rows, by);
+      return h("section", {}, h("h2", {}, t(`by_${by}`)),
+        rows.length ? chart(`${t("tokens")} · ${t(`by_${by}`)}`, sums.map((d) => d.name), sums.map((d) => d.tokens), "#8250df")
+          : null,
+        byTotals(by));
+    })),
     h("h2", {}, t("requests")),
     h("div", { "data-testid": "usage-table" }, table([[t("time"), (r) => when(r.created_at)], [t("model"), (r) => r.model],
       [t("chip"), (r) => r.chip], [t("tokens"), (r) => `${r.prompt_tokens} + ${r.completion_tokens}`],
