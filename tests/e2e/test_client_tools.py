@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_batch_interrupted_and_rerun_answers_every_line_exactly_once(server: Ser
     second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert f"{len(kept)} already done" in second.stderr
+    assert re.search(r"cost 0\.000\d+", second.stderr), second.stderr
     results = [json.loads(x) for x in out.read_text().splitlines()]
     ids = [r["custom_id"] for r in results]
     expected = [f"q{i}" if i % 2 else f"line-{i + 1}" for i in range(40)]
@@ -192,3 +194,46 @@ def test_chat_streams_and_survives_ctrl_c(server: Server, tmp_path: Path) -> Non
     assert child.exitstatus == 0
     saved = json.loads((tmp_path / "chat.json").read_text())
     assert saved["model"] == "m@amd" and saved["messages"] == []
+
+
+def test_bench_from_a_yaml_plan_at_a_poisson_rate(server: Server, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "cells: [m@nvidia]\nrequest_rate: 20\nnum_prompts: 10\ninput_len: 8\nwarmup: 0\ndataset: synthetic\n"
+    )
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        mxn_cmd(
+            "bench",
+            "--base-url",
+            server.url,
+            "--api-key",
+            server.key,
+            "--plan",
+            str(plan),
+            "--num-prompts",
+            "12",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "bench.json").read_text())
+    (row,) = report["results"]
+    assert row["cell"] == "m@nvidia" and row["request_rate"] == 20 and row["concurrency"] is None
+    assert row["completed"] == 12  # the command line's --num-prompts wins over the plan's
+    assert report["settings"]["input_len"] == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cells: [m@nvidia]\nconcurency: [1]\n")
+    refused = subprocess.run(
+        mxn_cmd("bench", "--base-url", server.url, "--plan", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2 and "concurency" in refused.stderr

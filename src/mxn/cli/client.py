@@ -127,6 +127,8 @@ def batch(
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="requests at once")] = 8,
     model: Annotated[str | None, typer.Option("--model", help="overrides each line's model")] = None,
     retries: Annotated[int, typer.Option("--retries")] = 5,
+    price_input: Annotated[float, typer.Option("--price-input", help="per 1M prompt tokens, for the cost")] = 0.0,
+    price_output: Annotated[float, typer.Option("--price-output", help="per 1M completion tokens")] = 0.0,
 ) -> None:
     """Run every request once: concurrently, with retries, resuming where an earlier run stopped."""
     try:
@@ -168,7 +170,7 @@ def batch(
     err.print(
         f"{'interrupted: ' if summary.interrupted else ''}{summary.done} done, {summary.skipped} already done, "
         f"{summary.failed} failed of {summary.total}; tokens {summary.prompt_tokens} in + {summary.completion_tokens} "
-        f"out; {summary.seconds:.1f} s"
+        f"out; cost {summary.cost(price_input, price_output):.6f}; {summary.seconds:.1f} s"
         + (f"; failures in {output_file}.failed.jsonl {summary.errors}" if summary.failed else "")
     )
     if summary.interrupted:
@@ -178,8 +180,10 @@ def batch(
 
 
 def bench(
+    ctx: typer.Context,
     base_url: BaseUrl,
-    cell: Annotated[list[str], typer.Option("--cell", help="MODEL@CHIP; repeat for each cell")],
+    cell: Annotated[list[str] | None, typer.Option("--cell", help="MODEL@CHIP; repeat for each cell")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="YAML: cells and any settings below")] = None,
     api_key: ApiKey = None,
     concurrency: Annotated[str, typer.Option("--concurrency", help="a sweep, e.g. 1,4,16")] = "1,4,16",
     request_rate: Annotated[float | None, typer.Option("--request-rate", help="Poisson arrivals/s instead")] = None,
@@ -197,27 +201,37 @@ def bench(
     out: Annotated[Path, typer.Option("--out")] = Path("bench-results"),
 ) -> None:
     """The same workload to several model×chip cells; TTFT, TPOT, ITL, throughput; JSON, markdown and PNG."""
-    if dataset not in ("synthetic", "bundled"):
-        err.print("error: --dataset is synthetic or bundled")
+    given = {
+        "concurrency": [int(c) for c in concurrency.split(",") if c],
+        "request_rate": request_rate,
+        "num_prompts": num_prompts,
+        "input_len": input_len,
+        "output_len": output_len,
+        "dataset": dataset,
+        "seed": seed,
+        "warmup": warmup,
+        "max_duration": max_duration,
+        "slo_ttft_ms": slo_ttft_ms,
+        "slo_tpot_ms": slo_tpot_ms,
+        "plain": plain,
+        "tokenizer": tokenizer,
+    }
+    try:
+        # A plan's values stand where the command line left an option at its default.
+        planned = benchmark.load_plan(plan) if plan else {}
+        # By name: typer's context may use its own copy of click's ParameterSource enum.
+        chosen = {
+            k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
+        }
+        settings = benchmark.Settings(
+            **{**given, **planned, **chosen, "cells": [*planned.get("cells", []), *(cell or [])]},
+            base_url=base_url,
+            api_key=api_key,
+        )
+        settings.check()
+    except (OSError, ValueError, TypeError) as exc:
+        err.print(f"error: {exc}")
         raise typer.Exit(2)
-    settings = benchmark.Settings(
-        base_url=base_url,
-        api_key=api_key,
-        cells=cell,
-        concurrency=[int(c) for c in concurrency.split(",") if c],
-        request_rate=request_rate,
-        num_prompts=num_prompts,
-        input_len=input_len,
-        output_len=output_len,
-        dataset=dataset,
-        seed=seed,
-        warmup=warmup,
-        max_duration=max_duration,
-        slo_ttft_ms=slo_ttft_ms,
-        slo_tpot_ms=slo_tpot_ms,
-        plain=plain,
-        tokenizer=tokenizer,
-    )
     try:
         report = asyncio.run(benchmark.run(settings, say=err.print))
     except ValueError as exc:

@@ -37,6 +37,10 @@ class BatchSummary:
     interrupted: bool = False
     errors: dict[str, int] = field(default_factory=dict)
 
+    def cost(self, price_input: float, price_output: float) -> float:
+        """At prices per 1M tokens."""
+        return (self.prompt_tokens * price_input + self.completion_tokens * price_output) / 1e6
+
 
 def read_requests(path: str | Path, model: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Lines in OpenAI's batch format (`custom_id`, `body`) or bare bodies (`messages`): (custom id, body)."""

@@ -16,12 +16,13 @@ import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from mxn import __version__
 from mxn.client.stream import StreamResult, stream_chat
@@ -51,6 +52,28 @@ class Settings:
     plain: bool = False
     tokenizer: str | None = None
     timeout: float = 300.0
+
+    def check(self) -> None:
+        if not self.cells:
+            raise ValueError("no cell to measure: give --cell MODEL@CHIP (or cells: in --plan)")
+        if self.dataset not in ("synthetic", "bundled"):
+            raise ValueError("--dataset is synthetic or bundled")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError("--concurrency is a list of positive numbers, e.g. 1,4,16")
+        for cell in self.cells:
+            cell_url(self, cell)
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """A YAML plan: `cells: [...]` and any of the settings (`concurrency: [1, 8]`, `output_len: 256`, ...)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    known = {f.name for f in fields(Settings)} - {"base_url", "api_key"}
+    if not isinstance(data, dict) or set(data) - known:
+        unknown = sorted(set(data) - known) if isinstance(data, dict) else data
+        raise ValueError(f"{path}: unknown keys {unknown}; a plan may hold {sorted(known)}")
+    if isinstance(data.get("concurrency"), int):
+        data["concurrency"] = [data["concurrency"]]
+    return data
 
 
 def prompts(s: Settings) -> list[str]:
