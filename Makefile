@@ -8,7 +8,7 @@ CATALOG ?=
 # CPU build by default; on a GPU machine: make serve TORCH=torch (or a CUDA/ROCm wheel of your choice).
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint demo clean browser
+.PHONY: serve test lint demo clean browser bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest -q
+
+# Benchmarks print and save JSON under bench/results/; none of them is part of `make test`.
+bench: $(VENV)/.test-deps
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q wrk nginx-light; }
+	$(BIN)/python bench/moderation.py
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/local_engine.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
