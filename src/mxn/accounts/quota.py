@@ -44,15 +44,33 @@ class Price:
         return math.floor(left / self.output + 1e-9)
 
 
+# A balance as reserve() read it: (balance, what was granted, the share already alerted on: 0, 80 or 100).
+Seen = tuple[int, int | None, int]
+
+
 @dataclass(slots=True)
 class Reservation:
     user_id: int | None  # set when the user's balance was charged
     key_id: int | None  # set when the key's balance was charged
     amount: int
+    seen: tuple[Seen | None, Seen | None] = (None, None)  # the user's and the key's
 
     @property
     def empty(self) -> bool:
         return self.user_id is None and self.key_id is None
+
+    def may_cross(self, cost: int) -> bool:
+        """Whether this charge may take a balance past 80% or 100% spent (then the store decides, once)."""
+        for seen in self.seen:
+            if seen is None:
+                continue
+            balance, granted, alerted = seen
+            if not granted:
+                continue
+            after = balance - cost
+            if (after <= 0 and alerted < 100) or (after * 5 <= granted and alerted < 80):
+                return True
+        return False
 
 
 def insufficient(message: str = "You exceeded your current quota.") -> RateLimited:
@@ -65,19 +83,22 @@ async def reserve(
     """Take up to `want` units (at least `minimum`) from every limited balance of the key and its user."""
     for _ in range(_ATTEMPTS):
         async with sessions() as s:
-            row: tuple[int | None, int | None]
+            user_cols = (User.quota, User.quota_granted, User.quota_alerted)
             if key_id:
-                query = select(User.quota, ApiKey.quota).join(ApiKey, ApiKey.user_id == User.id)
-                row = tuple((await s.execute(query.where(ApiKey.id == key_id))).one())  # type: ignore[assignment]
+                key_cols = (ApiKey.quota, ApiKey.quota_granted, ApiKey.quota_alerted)
+                query = select(*user_cols, *key_cols).join(ApiKey, ApiKey.user_id == User.id)
+                got = tuple((await s.execute(query.where(ApiKey.id == key_id))).one())
             else:  # a console session: only the user's balance
-                row = ((await s.execute(select(User.quota).where(User.id == user_id))).scalar_one(), None)
+                got = (*(await s.execute(select(*user_cols).where(User.id == user_id))).one(), None, None, 0)
+            row: tuple[int | None, int | None] = (got[0], got[3])
             balances = [b for b in row if b is not None]
             if not balances:
                 return Reservation(None, None, want)
             amount = min(want, *balances)
             if amount < minimum:
                 raise insufficient()
-            charged = Reservation(None, None, amount)
+            seen = tuple(None if got[i] is None else (got[i], got[i + 1], got[i + 2] or 0) for i in (0, 3))
+            charged = Reservation(None, None, amount, seen)  # type: ignore[arg-type]
             if row[0] is not None:
                 if not await _take(s, User, user_id, amount):
                     continue  # someone spent in between: read again

@@ -75,7 +75,7 @@ class Admission:
                 )
             finally:
                 await self.state.limiter.release([r for r in self.rules if r.kind == CONCURRENT], self.request_id)
-        if not self.reservation.empty:
+        if not self.reservation.empty and self.reservation.may_cross(cost):
             self.state.alerts.soon(self.state.alerts.quota_spent(self.reservation.user_id, self.reservation.key_id))
         p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id
         latency = time.perf_counter() - self.started
