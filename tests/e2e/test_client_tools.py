@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -48,41 +49,36 @@ def mxn_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mxn", *args]
 
 
+def bench(server: Server, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """`mxn bench` against the server, which must succeed; the bench.json it wrote."""
+    cmd = mxn_cmd("bench", "--base-url", server.url, "--api-key", server.key, *args, "--out", str(out))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads((out / "bench.json").read_text()))
+
+
 def test_bench_measures_each_cells_speed_and_ranks_them(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    done = subprocess.run(
-        mxn_cmd(
-            "bench",
-            "--base-url",
-            server.url,
-            "--api-key",
-            server.key,
-            "--cell",
-            "m@nvidia",
-            "--cell",
-            "m@amd",
-            "--concurrency",
-            "1,4",
-            "--num-prompts",
-            "8",
-            "--input-len",
-            "24",
-            "--output-len",
-            "64",
-            "--warmup",
-            "1",
-            "--max-duration",
-            "60",
-            "--out",
-            str(out),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    report = bench(
+        server,
+        out,
+        "--cell",
+        "m@nvidia",
+        "--cell",
+        "m@amd",
+        "--concurrency",
+        "1,4",
+        "--num-prompts",
+        "8",
+        "--input-len",
+        "24",
+        "--output-len",
+        "64",
+        "--warmup",
+        "1",
+        "--max-duration",
+        "60",
     )
-    assert done.returncode == 0, done.stderr
-    report = json.loads((out / "bench.json").read_text())
     assert set(report) >= {"tool", "settings", "environment", "results"}
     assert "api_key" not in report["settings"] and server.key not in (out / "bench.json").read_text()
     rows = {(r["cell"], r["concurrency"]): r for r in report["results"]}
@@ -201,28 +197,7 @@ def test_bench_from_a_yaml_plan_at_a_poisson_rate(server: Server, tmp_path: Path
     plan.write_text(
         "cells: [m@nvidia]\nrequest_rate: 20\nnum_prompts: 10\ninput_len: 8\nwarmup: 0\ndataset: synthetic\n"
     )
-    out = tmp_path / "bench"
-    done = subprocess.run(
-        mxn_cmd(
-            "bench",
-            "--base-url",
-            server.url,
-            "--api-key",
-            server.key,
-            "--plan",
-            str(plan),
-            "--num-prompts",
-            "12",
-            "--out",
-            str(out),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads((out / "bench.json").read_text())
+    report = bench(server, tmp_path / "bench", "--plan", str(plan), "--num-prompts", "12", timeout=120)
     (row,) = report["results"]
     assert row["cell"] == "m@nvidia" and row["request_rate"] == 20 and row["concurrency"] is None
     assert row["completed"] == 12  # the command line's --num-prompts wins over the plan's

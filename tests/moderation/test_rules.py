@@ -16,6 +16,12 @@ WORDS = ["forbidden-word", "禁止词", "Secret Plan", "abcd"]
 ID_NUMBER = r"\b\d{17}[\dXx]\b"
 
 
+def chunked(text: str, rng: random.Random, cuts: int) -> list[str]:
+    """`text` cut at `cuts` random places."""
+    at = sorted(rng.sample(range(1, len(text)), cuts))
+    return [text[a:b] for a, b in zip([0, *at], [*at, len(text)], strict=True)]
+
+
 def stream(rules: Rules, pieces: list[str]) -> tuple[str, bool]:
     """Feed pieces as one choice of a stream; what went out, and whether it was blocked."""
 
@@ -46,8 +52,7 @@ def test_a_hit_split_anywhere_is_cut_exactly_and_never_leaks(seed: int) -> None:
     rng = random.Random(seed)
     rules = Rules(WORDS, [ID_NUMBER])
     text = "Here is some text; the secret plan follows, and more."
-    cuts = sorted(rng.sample(range(1, len(text)), 6))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    pieces = chunked(text, rng, 6)
     out, blocked = stream(rules, pieces)
     assert blocked
     assert out == "Here is some text; the "
@@ -58,8 +63,7 @@ def test_clean_text_goes_out_whole_whatever_the_chunking(seed: int) -> None:
     rng = random.Random(seed)
     rules = Rules(WORDS, [ID_NUMBER])
     text = "abc ab secret pla? abcx 1234567890 禁止 and forbidden words, not the forbidden-wor"
-    cuts = sorted(rng.sample(range(1, len(text)), 10))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    pieces = chunked(text, rng, 10)
     out, blocked = stream(rules, pieces)
     assert not blocked
     assert out == text
@@ -93,8 +97,7 @@ def test_regex_hits_found_with_the_search_resuming_where_matches_may_still_start
     filler = " ".join(rng.choice(["word", "12345", "a.b", "x@", "1999"]) for _ in range(60))
     for secret in ("11010519491231002X", "someone@example.org"):
         text = f"{filler} then {secret} and more"
-        cuts = sorted(rng.sample(range(1, len(text)), 40))
-        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        pieces = chunked(text, rng, 40)
         out, blocked = stream(rules, pieces)
         assert blocked, secret
         assert text.startswith(out) and secret not in out and len(out) <= text.index(secret)

@@ -88,10 +88,10 @@ async def _generate(
     adm = await admit(state, principal, cell, prepared, route)
     tok = cell.model.tokenizer
     try:
-        # Chosen after admission and with no await before the first attempt starts, so that the router's
-        # in-flight counts, concurrency caps and half-open probes see every request that is under way.
         if cell.rules is not None:
             await moderation.check_input(state.http, cell.rules, prepared.body, cell.name)
+        # Chosen after admission and with no await before the first attempt starts, so that the router's
+        # in-flight counts, concurrency caps and half-open probes see every request that is under way.
         candidates = _candidates(request, cell, principal)
         if prepared.stream:
             endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
