@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+import aiohttp
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -35,9 +36,18 @@ def make_limiter(redis_url: str | None) -> Limiter:
 
 
 def upstream_client() -> httpx.AsyncClient:
-    # One pool for every upstream: connections are reused across requests and endpoints.
+    # Health checks, moderation classifiers and alert webhooks; requests to engines use engine_session().
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
     return httpx.AsyncClient(limits=limits, timeout=None, trust_env=False)
+
+
+def engine_session() -> aiohttp.ClientSession:
+    """The pool that requests to engines go through: keep-alive connections, no proxies from the environment,
+    bodies passed through as they are (no decompression), no cookie jar."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+    )
 
 
 @asynccontextmanager
@@ -51,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sessions,
         await load_secret(sessions, settings.secret),
         upstream_client(),
+        engine_session(),
         make_limiter(settings.redis_url),
         UsageWriter(sessions),
         Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),

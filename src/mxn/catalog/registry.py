@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -135,7 +135,7 @@ class Catalog:
 _rule_cache = RuleCache()
 
 
-async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: httpx.AsyncClient) -> Catalog:
+async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: aiohttp.ClientSession) -> Catalog:
     async with sessions() as s:
         models = (await s.execute(select(Model))).scalars().all()
         chips = (await s.execute(select(Chip))).scalars().all()

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 from mxn.errors import ServiceUnavailable
 
@@ -45,7 +45,8 @@ class Engine(Protocol):
     async def open_stream(self, route: str, body: dict[str, Any]) -> ChunkStream: ...
 
 
-EngineFactory = Callable[[EndpointConfig, httpx.AsyncClient], Engine]
+# Engines that call upstreams over HTTP share one aiohttp session: pooled, keep-alive connections.
+EngineFactory = Callable[[EndpointConfig, aiohttp.ClientSession], Engine]
 _REGISTRY: dict[str, EngineFactory] = {}
 
 
@@ -53,7 +54,7 @@ def register(kind: str, factory: EngineFactory) -> None:
     _REGISTRY[kind] = factory
 
 
-def build(config: EndpointConfig, client: httpx.AsyncClient) -> Engine:
+def build(config: EndpointConfig, client: aiohttp.ClientSession) -> Engine:
     factory = _REGISTRY.get(config.engine)
     if factory is None:
         return Unavailable(f"engine '{config.engine}' is not available in this build")
@@ -82,7 +83,7 @@ def _register_builtins() -> None:
     register("local", _local)
 
 
-def _local(config: EndpointConfig, client: httpx.AsyncClient) -> Engine:
+def _local(config: EndpointConfig, client: aiohttp.ClientSession) -> Engine:
     # Imported on first use: torch is heavy, and a gateway without local models never needs it.
     try:
         from mxn.engines.local.engine import local_engine

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible upstream (vLLM, SGLang, Ollama, llama.cpp, TGI, ...) over pooled HTTP."""
+"""An OpenAI-compatible upstream (vLLM, SGLang, Ollama, llama.cpp, TGI, ...) over pooled HTTP (aiohttp)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from mxn.engines import EndpointConfig
@@ -19,14 +19,14 @@ DEFAULT_TIMEOUTS = {"connect": 10.0, "first_token": 300.0, "between_tokens": 300
 
 @contextmanager
 def upstream_errors(endpoint_id: int) -> Iterator[None]:
-    """Translate httpx and parsing failures into mxn errors at the engine boundary."""
+    """Translate transport and parsing failures into mxn errors at the engine boundary."""
     try:
         yield
     except MxnError:
         raise
-    except (httpx.TimeoutException, TimeoutError):
+    except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
         raise UpstreamTimeout(f"endpoint {endpoint_id} timed out")
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(f"endpoint {endpoint_id} failed: {type(exc).__name__}")
     except orjson.JSONDecodeError:
         raise UpstreamError(f"endpoint {endpoint_id} sent malformed JSON")
@@ -55,35 +55,30 @@ def _status_error(endpoint_id: int, status: int, body: bytes, retry_after: str |
 class OpenAICompatEngine:
     supports_stream = True
 
-    def __init__(self, config: EndpointConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: EndpointConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
-        self.client = client
+        self.session = session
         self.base = (config.url or "").rstrip("/")
         t = {**DEFAULT_TIMEOUTS, **config.timeouts}
         self.first_token = t["first_token"]
         self.total = t["total"]
         self.between_tokens = t["between_tokens"]
-        # The socket may wait as long as either window; which window applies is decided per chunk below.
-        read = max(t["first_token"], t["between_tokens"])
-        self.timeout = httpx.Timeout(connect=t["connect"], read=read, write=t["connect"], pool=t["connect"])
+        # A whole answer must come within `total`; a stream's windows are kept per read in UpstreamStream.
+        self.call_timeout = aiohttp.ClientTimeout(total=t["total"], sock_connect=t["connect"])
+        self.stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t["connect"])
         self.headers = {"content-type": "application/json"}
         if config.api_key:
             self.headers["authorization"] = f"Bearer {config.api_key}"
 
-    def _request(self, route: str, body: dict[str, Any]) -> httpx.Request:
-        return self.client.build_request(
-            "POST", f"{self.base}/{route}", content=orjson.dumps(body), headers=self.headers, timeout=self.timeout
-        )
-
     async def call(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         with upstream_errors(self.config.id):
-            async with asyncio.timeout(self.total):
-                response = await self.client.send(self._request(route, body))
-            if response.status_code >= 400:
-                raise _status_error(
-                    self.config.id, response.status_code, response.content, response.headers.get("retry-after")
-                )
-            data = orjson.loads(response.content)
+            async with self.session.post(
+                f"{self.base}/{route}", data=orjson.dumps(body), headers=self.headers, timeout=self.call_timeout
+            ) as response:
+                content = await response.read()
+            if response.status >= 400:
+                raise _status_error(self.config.id, response.status, content, response.headers.get("retry-after"))
+            data = orjson.loads(content)
         if not isinstance(data, dict):
             raise UpstreamError(f"endpoint {self.config.id} sent a non-object response")
         return data
@@ -92,25 +87,32 @@ class OpenAICompatEngine:
         sent = time.monotonic()
         with upstream_errors(self.config.id):
             async with asyncio.timeout(self.first_token):
-                response = await self.client.send(self._request(route, body), stream=True)
-                if response.status_code >= 400:
+                response = await self.session.post(
+                    f"{self.base}/{route}", data=orjson.dumps(body), headers=self.headers, timeout=self.stream_timeout
+                )
+                if response.status >= 400:
                     try:
-                        content = await response.aread()
+                        content = await response.read()
                         raise _status_error(
-                            self.config.id, response.status_code, content, response.headers.get("retry-after")
+                            self.config.id, response.status, content, response.headers.get("retry-after")
                         )
                     finally:
-                        await response.aclose()
+                        response.release()
         return UpstreamStream(self, response, sent)
 
 
 class UpstreamStream:
-    """Chunks of an SSE or bare-JSON-lines stream, as dicts, as soon as each line arrives."""
+    """Chunks of an SSE or bare-JSON-lines stream, as dicts, as soon as each line arrives.
 
-    def __init__(self, engine: OpenAICompatEngine, response: httpx.Response, opened: float) -> None:
+    The socket is read in whatever pieces arrive and split into lines here: one read and one timer per network
+    read, not per line.
+    """
+
+    def __init__(self, engine: OpenAICompatEngine, response: aiohttp.ClientResponse, opened: float) -> None:
         self.engine = engine
         self.response = response
         self.opened = opened  # the first-token window began when the request was sent
+        self.ended = False
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -120,38 +122,49 @@ class UpstreamStream:
         deadline = self.opened + self.engine.total
         first_by = self.opened + self.engine.first_token
         first = True
-        lines = self.response.aiter_lines()
+        content = self.response.content
+        rest = b""
         with upstream_errors(endpoint):
             while True:
                 now = time.monotonic()
                 wait = min(deadline, first_by) - now if first else min(deadline - now, self.engine.between_tokens)
-                try:
-                    async with asyncio.timeout(max(wait, 0.001)):
-                        line = await anext(lines)
-                except StopAsyncIteration:
+                async with asyncio.timeout(max(wait, 0.001)):
+                    data = await content.readany()
+                if not data:  # the upstream closed the stream; a last line may lack its newline
+                    self.ended = True
+                    lines, rest = [rest], b""
+                else:
+                    *lines, rest = (rest + data).split(b"\n")
+                for line in lines:
+                    payload = _payload(line)
+                    if payload is None:
+                        continue
+                    if payload == b"[DONE]":
+                        return
+                    chunk = orjson.loads(payload)
+                    if not isinstance(chunk, dict):
+                        raise UpstreamError(f"endpoint {endpoint} sent a non-object chunk")
+                    first = False
+                    yield chunk
+                if self.ended:
                     return
-                payload = _payload(line)
-                if payload is None:
-                    continue
-                if payload == b"[DONE]":
-                    return
-                chunk = orjson.loads(payload)
-                if not isinstance(chunk, dict):
-                    raise UpstreamError(f"endpoint {endpoint} sent a non-object chunk")
-                first = False
-                yield chunk
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        # A stream read to its end gives its connection back to the pool; one cut short closes it, which is
+        # how the upstream learns to stop generating.
+        if self.response.content.at_eof():
+            self.response.release()
+        else:
+            self.response.close()
 
 
-def _payload(line: str) -> bytes | None:
+def _payload(line: bytes) -> bytes | None:
     """The JSON of one stream line: `data: {...}` (SSE) or a bare `{...}` (JSON lines)."""
     line = line.strip()
     if not line:
         return None
-    if line.startswith("data:"):
-        return line[5:].strip().encode()
-    if line.startswith("{"):
-        return line.encode()
+    if line.startswith(b"data:"):
+        return line[5:].strip()
+    if line.startswith(b"{"):
+        return line
     return None  # SSE comments, event:, id:, retry:

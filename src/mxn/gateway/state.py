@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -27,7 +28,8 @@ class AppState:
     db: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     secret: bytes
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # health checks, classifiers, webhooks
+    upstream: aiohttp.ClientSession  # requests to engines: the hot path
     limiter: Limiter
     usage: UsageWriter
     router: Router = field(default_factory=Router)
@@ -39,7 +41,7 @@ class AppState:
     _checker: asyncio.Task[None] | None = None
 
     async def reload_catalog(self) -> None:
-        self.catalog = await load_catalog_snapshot(self.sessions, self.http)
+        self.catalog = await load_catalog_snapshot(self.sessions, self.upstream)
 
     def start_refresh(self) -> None:
         """Re-read the catalogue now and then, so edits made through another replica or the CLI arrive."""
@@ -75,4 +77,5 @@ class AppState:
         await self.limiter.close()
         await self.throttle.close()
         await self.http.aclose()
+        await self.upstream.close()
         await self.db.dispose()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import torch
 
 from mxn.engines import EndpointConfig
@@ -57,7 +57,7 @@ def _is_causal(path: Path) -> bool:
 class LocalEngine:
     supports_stream = True
 
-    def __init__(self, config: EndpointConfig, _client: httpx.AsyncClient) -> None:
+    def __init__(self, config: EndpointConfig, _client: aiohttp.ClientSession) -> None:
         self.config = config
         self.options = dict(config.options)
         self.device = loader.detect_device(self.options.get("device"))
@@ -331,7 +331,7 @@ class LocalStream:
 _ENGINES: dict[tuple[Any, ...], LocalEngine] = {}
 
 
-def local_engine(config: EndpointConfig, client: httpx.AsyncClient) -> LocalEngine:
+def local_engine(config: EndpointConfig, client: aiohttp.ClientSession) -> LocalEngine:
     """One engine per endpoint for the process's life: catalogue reloads must not load the model again."""
     key = (config.id, config.path, tuple(sorted(config.options.items())))
     engine = _ENGINES.get(key)
