@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from mxn import __version__, console
+from mxn.accounts.cache import KeyCache
 from mxn.accounts.secrets import load_secret
 from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
@@ -67,6 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),
     )
     state.alerts = Alerts(settings, sessions, state.http)
+    state.keys = KeyCache(sessions, settings.auth_refresh)
+    state.keys.start()
     state.router.on_down = state.alerts.endpoint_down
     await state.reload_catalog()
     state.alerts.start()

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     breaker_cooldown: float = 10.0
     # On SIGTERM, open requests and streams get this long to finish before the process exits.
     shutdown_grace: float = 30.0
+    # How often each replica looks for changes to users, keys and groups made elsewhere (the CLI, another
+    # replica), seconds; changes made through a replica apply there at once.
+    auth_refresh: float = 1.0
     # After this many failed authentications (unknown key, wrong admin key or password) from one client address
     # within the window (seconds), its every attempt gets 429 until the window ends; 0 turns this off.
     auth_fail_limit: int = 10

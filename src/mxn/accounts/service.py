@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +24,7 @@ from mxn.store.models import ApiKey, Group, Session, User
 MAX_KEYS_PER_USER = 5
 # last_used_at is written at most this often per key: a write per request would
 # put the store on the hot path.
-_TOUCH_EVERY = timedelta(seconds=60)
+TOUCH_EVERY = timedelta(seconds=60)
 
 
 LIMIT_NAMES = ("rpm", "rpd", "tpm", "concurrency")
@@ -45,6 +46,9 @@ class Principal:
     # Effective limits: the key's own where set, else its group's defaults; per-user totals from the group.
     key_limits: tuple[tuple[str, int], ...] = ()
     user_limits: tuple[tuple[str, int], ...] = ()
+    # Whether the user's and the key's balances are limited (NULL quota is unlimited: nothing to reserve).
+    user_limited: bool = True
+    key_limited: bool = True
 
     @property
     def is_admin(self) -> bool:
@@ -216,37 +220,76 @@ async def _with_owner(s: AsyncSession, table: type[ApiKey] | type[Session], wher
     return (await s.execute(query)).one_or_none()
 
 
-async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip: str | None) -> Principal:
-    key, pin = split_pin(presented)
-    row = await _with_owner(s, ApiKey, ApiKey.key_hash == hash_key(secret, key))
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the store says about a key, as the request path needs it (and `accounts.cache` keeps it)."""
+
+    principal: Principal  # without a pinned endpoint: that comes with each request's key suffix
+    enabled: bool  # the key's and its user's
+    expires_at: datetime | None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+    last_used_at: datetime | None
+
+
+async def load_key(s: AsyncSession, key_hash: str) -> KeyRecord | None:
+    row = await _with_owner(s, ApiKey, ApiKey.key_hash == key_hash)
     if row is None:
-        raise AuthError("Incorrect API key provided.")
+        return None
     api_key, user, group = row
-    now = _now()
-    if not api_key.enabled or not user.enabled:
-        raise AuthError("This API key has been disabled.", code="key_disabled")
-    if api_key.expires_at is not None and _aware(api_key.expires_at) <= now:
-        raise AuthError("This API key has expired.", code="key_expired")
-    if api_key.ips and not _ip_allowed(client_ip, api_key.ips):
-        raise PermissionDenied("this key may not be used from your address", code="ip_not_allowed")
-    if pin is not None and user.role != "admin":
-        raise AuthError("Incorrect API key provided.")
-    if api_key.last_used_at is None or now - _aware(api_key.last_used_at) > _TOUCH_EVERY:
-        api_key.last_used_at = now
-        await s.commit()
-    return Principal(
+    principal = Principal(
         user_id=user.id,
         user=user.name,
         role=user.role,
         key_id=api_key.id,
         models=frozenset(api_key.models) if api_key.models else None,
         chips=frozenset(api_key.chips) if api_key.chips else None,
-        pinned_endpoint=pin,
         group=user.group,
         multiplier=group.multiplier if group else 1.0,
         key_limits=_key_limits(api_key, group),
         user_limits=_user_limits(group),
+        user_limited=user.quota is not None,
+        key_limited=api_key.quota is not None,
     )
+    return KeyRecord(
+        principal,
+        api_key.enabled and user.enabled,
+        _aware(api_key.expires_at) if api_key.expires_at is not None else None,
+        tuple(ipaddress.ip_network(n) for n in api_key.ips) if api_key.ips else None,
+        _aware(api_key.last_used_at) if api_key.last_used_at is not None else None,
+    )
+
+
+def check_key(record: KeyRecord, pin: int | None, client_ip: str | None, now: datetime) -> Principal:
+    """The caller, if this key may be used now, from this address, with this endpoint pin."""
+    if not record.enabled:
+        raise AuthError("This API key has been disabled.", code="key_disabled")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise AuthError("This API key has expired.", code="key_expired")
+    if record.networks is not None and not _ip_allowed(client_ip, record.networks):
+        raise PermissionDenied("this key may not be used from your address", code="ip_not_allowed")
+    if pin is None:
+        return record.principal
+    if not record.principal.is_admin:
+        raise AuthError("Incorrect API key provided.")
+    return dataclasses.replace(record.principal, pinned_endpoint=pin)
+
+
+async def touch_key(s: AsyncSession, key_id: int, now: datetime) -> None:
+    await s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    await s.commit()
+
+
+async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip: str | None) -> Principal:
+    """A key checked against the store directly (the request path goes through `accounts.cache` instead)."""
+    key, pin = split_pin(presented)
+    record = await load_key(s, hash_key(secret, key))
+    if record is None:
+        raise AuthError("Incorrect API key provided.")
+    now = _now()
+    principal = check_key(record, pin, client_ip, now)
+    if record.last_used_at is None or now - record.last_used_at > TOUCH_EVERY:
+        await touch_key(s, principal.key_id, now)
+    return principal
 
 
 def _key_limits(api_key: ApiKey, group: Group | None) -> tuple[tuple[str, int], ...]:
@@ -267,14 +310,14 @@ def _user_limits(group: Group | None) -> tuple[tuple[str, int], ...]:
     return tuple((n, int(v)) for n, v in values if v)
 
 
-def _ip_allowed(client_ip: str | None, networks: list[str]) -> bool:
+def _ip_allowed(client_ip: str | None, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     if not client_ip:
         return False
     try:
         addr = ipaddress.ip_address(client_ip)
     except ValueError:
         return False
-    return any(addr in ipaddress.ip_network(n) for n in networks)
+    return any(addr in n for n in networks)
 
 
 SESSION_DAYS = 7
@@ -335,6 +378,8 @@ async def session_principal(s: AsyncSession, secret: bytes, token: str) -> Princ
         multiplier=group.multiplier if group else 1.0,
         key_limits=_key_limits(ApiKey(), group),
         user_limits=_user_limits(group),
+        user_limited=user.quota is not None,
+        key_limited=False,
     )
 
 

@@ -12,7 +12,9 @@ import hmac
 
 from starlette.requests import Request
 
-from mxn.accounts.service import Principal, authenticate, session_principal
+from mxn.accounts.cache import utcnow
+from mxn.accounts.keys import hash_key, split_pin
+from mxn.accounts.service import Principal, check_key, session_principal
 from mxn.errors import AuthError, PermissionDenied
 from mxn.gateway.state import AppState
 
@@ -62,9 +64,14 @@ async def api_principal(request: Request) -> Principal:
         raise
 
 
-async def _by_key(request: Request, state: AppState, key: str, host: str) -> Principal:
-    async with state.sessions() as s:
-        principal = await authenticate(s, state.secret, key, host or None)
+async def _by_key(request: Request, state: AppState, presented: str, host: str) -> Principal:
+    key, pin = split_pin(presented)
+    record = await state.keys.record(hash_key(state.secret, key))
+    if record is None:
+        raise AuthError("Incorrect API key provided.")
+    now = utcnow()
+    principal = check_key(record, pin, host or None, now)
+    state.keys.used(record, now)
     request.state.actor = f"user:{principal.user}"
     return principal
 

@@ -11,6 +11,7 @@ import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mxn.accounts.cache import KeyCache
 from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
@@ -37,6 +38,7 @@ class AppState:
     # Failed authentications per client address; off (limit 0) until the app sets its own.
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
     alerts: Alerts = field(init=False)
+    keys: KeyCache = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
 
@@ -72,6 +74,7 @@ class AppState:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.keys.close()
         await self.alerts.close()
         await self.usage.close()  # a clean shutdown loses no usage record
         await self.limiter.close()

@@ -45,6 +45,8 @@ class User(Base):
     # The balance when it was last set or topped up, and the share of it already alerted on (0, 80, 100).
     quota_granted: Mapped[int | None] = mapped_column(BigInteger)
     quota_alerted: Mapped[int] = mapped_column(Integer, default=0)
+    # Moves on whenever the balance is set outright: amounts replicas hold from an older epoch are void.
+    quota_epoch: Mapped[int] = mapped_column(Integer, default=0)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -71,13 +73,16 @@ class ApiKey(Base):
     quota: Mapped[int | None] = mapped_column(BigInteger)
     quota_granted: Mapped[int | None] = mapped_column(BigInteger)
     quota_alerted: Mapped[int] = mapped_column(Integer, default=0)
+    quota_epoch: Mapped[int] = mapped_column(Integer, default=0)
 
 
 @event.listens_for(User.quota, "set")
 @event.listens_for(ApiKey.quota, "set")
 def _granted(target: User | ApiKey, value: int | None, _old: Any, _initiator: Any) -> None:
-    """Setting a balance (not spending it: that is a conditional UPDATE) starts a new grant for alerts."""
+    """Setting a balance (not spending it: that is a conditional UPDATE) starts a new grant for alerts, and a new
+    epoch: what replicas hold of the old balance (`accounts.holds`) is not given back to the new one."""
     target.quota_granted, target.quota_alerted = value, 0
+    target.quota_epoch = (target.quota_epoch or 0) + 1
 
 
 class Group(Base):

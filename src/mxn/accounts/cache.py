@@ -1,0 +1,105 @@
+"""Keys the request path has seen, so that a request costs no store round trip to authenticate.
+
+An entry lives until the store's account generation (`accounts.generation`) moves on, and at most `MAX_AGE`
+seconds. Changes made through this process drop the cache when they commit; changes made elsewhere (another
+replica, the CLI) are noticed by polling one small row every `refresh` seconds. An entry loaded while the
+generation moved on is not kept, so a revoked key is never cached as valid. Whether a key is enabled, expired or
+allowed from an address is checked on every request from the cached record; only unknown keys always go to the
+store (and count as failures for the per-address throttle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mxn.accounts.service import TOUCH_EVERY, KeyRecord, load_key, touch_key
+from mxn.store import generation
+
+log = logging.getLogger("mxn.accounts")
+MAX_AGE = 60.0
+MAX_ENTRIES = 100_000
+
+
+class KeyCache:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], refresh: float) -> None:
+        self.sessions = sessions
+        self.refresh = refresh
+        self.entries: dict[str, tuple[float, KeyRecord]] = {}
+        self.version = 0  # moves on with every clear: a load that spans one is not kept
+        self.seen: str | None = None  # the store's generation token at the last poll
+        self.touched: dict[int, datetime] = {}  # last_used_at as written, per key
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.watcher: asyncio.Task[None] | None = None
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.version += 1
+
+    async def record(self, key_hash: str) -> KeyRecord | None:
+        now = time.monotonic()
+        hit = self.entries.get(key_hash)
+        if hit is not None and now - hit[0] < MAX_AGE:
+            return hit[1]
+        version = self.version
+        async with self.sessions() as s:
+            record = await load_key(s, key_hash)
+        if record is not None and version == self.version:
+            if len(self.entries) >= MAX_ENTRIES:
+                self.entries.clear()
+            self.entries[key_hash] = (now, record)
+        return record
+
+    def used(self, record: KeyRecord, now: datetime) -> None:
+        """Note the key's use in the store at most once a minute, off the request path."""
+        key_id = record.principal.key_id
+        last = self.touched.get(key_id, record.last_used_at)
+        if last is not None and now - last <= TOUCH_EVERY:
+            return
+        self.touched[key_id] = now
+        task = asyncio.create_task(self._touch(key_id, now))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _touch(self, key_id: int, now: datetime) -> None:
+        try:
+            async with self.sessions() as s:
+                await touch_key(s, key_id, now)
+        except Exception as exc:  # a missed last_used_at is not worth failing anything for
+            log.warning("noting a key's last use failed: %s", type(exc).__name__)
+
+    def start(self) -> None:
+        generation.listeners.append(self.clear)
+        self.watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async with self.sessions() as s:
+                    token = await generation.current(s)
+                if token != self.seen:
+                    self.seen = token
+                    self.clear()
+            except Exception as exc:  # the store is away: drop what may be stale, and try again
+                log.warning("reading the account generation failed: %s", type(exc).__name__)
+                self.clear()
+            await asyncio.sleep(self.refresh)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            generation.listeners.remove(self.clear)
+        if self.watcher:
+            self.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watcher
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
