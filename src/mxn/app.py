@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from mxn import __version__, console
 from mxn.accounts.cache import KeyCache
+from mxn.accounts.holds import Holds
 from mxn.accounts.secrets import load_secret
 from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
@@ -70,6 +71,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.alerts = Alerts(settings, sessions, state.http)
     state.keys = KeyCache(sessions, settings.auth_refresh)
     state.keys.start()
+    state.holds = Holds(sessions, settings.quota_hold)
+    state.holds.start()
     state.router.on_down = state.alerts.endpoint_down
     await state.reload_catalog()
     state.alerts.start()

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # How often each replica looks for changes to users, keys and groups made elsewhere (the CLI, another
     # replica), seconds; changes made through a replica apply there at once.
     auth_refresh: float = 1.0
+    # A replica holds chunks of large balances (up to this many reservations each) so that most requests
+    # reserve and settle quota in memory (`accounts.holds`); 0: every request reserves in the store.
+    quota_hold: int = 64
     # After this many failed authentications (unknown key, wrong admin key or password) from one client address
     # within the window (seconds), its every attempt gets 429 until the window ends; 0 turns this off.
     auth_fail_limit: int = 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -54,6 +55,7 @@ class Reservation:
     key_id: int | None  # set when the key's balance was charged
     amount: int
     seen: tuple[Seen | None, Seen | None] = (None, None)  # the user's and the key's
+    held: tuple[Any, ...] = ()  # the replica's holds it was paid from (`accounts.holds`), if it was
 
     @property
     def empty(self) -> bool:
@@ -124,10 +126,22 @@ async def settle(sessions: async_sessionmaker[AsyncSession], r: Reservation, cos
     """Give back what the reservation did not use; charge any excess only as far as the balance goes."""
     if r.empty or cost == r.amount:
         return
-    delta = r.amount - cost
     async with sessions() as s:
         for table, ident in ((User, r.user_id), (ApiKey, r.key_id)):
             if ident is not None:
-                new = table.quota + delta
-                await s.execute(update(table).where(table.id == ident).values(quota=case((new < 0, 0), else_=new)))
+                await _adjust(s, table, ident, r.amount - cost)
         await s.commit()
+
+
+async def adjust(
+    sessions: async_sessionmaker[AsyncSession], table: type[User] | type[ApiKey], ident: int, delta: int
+) -> None:
+    """Add `delta` to a balance (a refund, or a charge as far as the balance goes)."""
+    async with sessions() as s:
+        await _adjust(s, table, ident, delta)
+        await s.commit()
+
+
+async def _adjust(s: AsyncSession, table: type[User] | type[ApiKey], ident: int, delta: int) -> None:
+    new = table.quota + delta
+    await s.execute(update(table).where(table.id == ident).values(quota=case((new < 0, 0), else_=new)))

@@ -34,7 +34,7 @@ from mxn.catalog.schema import (
     compiling,
 )
 from mxn.errors import Conflict, InvalidRequest, NotFound
-from mxn.gateway.auth import admin_principal
+from mxn.gateway.auth import admin_principal, held_balances_back
 from mxn.gateway.body import validate
 from mxn.gateway.openapi import request_body
 from mxn.gateway.responses import json_response
@@ -42,7 +42,9 @@ from mxn.gateway.state import AppState
 from mxn.gateway.usage_views import parse_since, usage_response, usage_rows
 from mxn.store.models import ApiKey, Chip, Code, Deployment, Endpoint, Group, Model, ModerationRule, User
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal), Depends(held_balances_back)]
+)
 
 
 class Body(BaseModel):

@@ -69,7 +69,7 @@ class Admission:
         # Shielded: a client that goes away must not leave a reservation or a slot behind.
         with anyio.CancelScope(shield=True):
             try:
-                await quota.settle(self.state.sessions, self.reservation, cost)
+                await self.state.holds.settle(self.reservation, cost)
                 await self.state.limiter.add_tokens(
                     [r for r in self.rules if r.kind == TOKENS], self.request_id, completion
                 )
@@ -149,8 +149,13 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
     room = cell.model.context_length - prepared.prompt_tokens
     want = price.cost(prepared.prompt_tokens, (prepared.max_tokens or room) * prepared.choices)
     try:
-        reservation = await quota.reserve(
-            state.sessions, principal.user_id, principal.key_id, want, price.cost(prepared.prompt_tokens, 1)
+        reservation = await state.holds.reserve(
+            principal.user_id,
+            principal.key_id,
+            principal.user_limited,
+            principal.key_limited,
+            want,
+            price.cost(prepared.prompt_tokens, 1),
         )
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)

@@ -80,6 +80,12 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
+async def held_balances_back(request: Request) -> None:
+    """Before balances are shown or changed: what this replica holds of them goes back to the store first."""
+    state: AppState = request.app.state.mxn
+    await state.holds.give_back()
+
+
 async def admin_principal(request: Request) -> Principal | None:
     """The operator's MXN_ADMIN_KEY (None is returned), or the key or session of an admin user."""
     state: AppState = request.app.state.mxn

@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mxn.accounts.cache import KeyCache
+from mxn.accounts.holds import Holds
 from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
@@ -39,6 +40,7 @@ class AppState:
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
     alerts: Alerts = field(init=False)
     keys: KeyCache = field(init=False)
+    holds: Holds = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
 
@@ -77,6 +79,7 @@ class AppState:
         await self.keys.close()
         await self.alerts.close()
         await self.usage.close()  # a clean shutdown loses no usage record
+        await self.holds.close()  # and gives back every held balance
         await self.limiter.close()
         await self.throttle.close()
         await self.http.aclose()

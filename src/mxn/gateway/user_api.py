@@ -16,7 +16,7 @@ from mxn.accounts import service as accounts
 from mxn.accounts.passwords import verify_password
 from mxn.accounts.service import Principal
 from mxn.errors import AuthError, NotFound, PermissionDenied
-from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host
+from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host, held_balances_back
 from mxn.gateway.openapi import PUBLIC
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
@@ -166,6 +166,7 @@ class Redeem(BaseModel):
 async def redeem(body: Redeem, request: Request) -> Response:
     principal = await api_principal(request)
     state: AppState = request.app.state.mxn
+    await held_balances_back(request)
     async with state.sessions() as s:
         amount = await codes.redeem(s, state.secret, principal.user_id, body.code)
         user = await s.get(User, principal.user_id)
@@ -187,6 +188,7 @@ async def session(request: Request) -> Response:
 async def me(request: Request) -> Response:
     principal = await api_principal(request)
     state: AppState = request.app.state.mxn
+    await held_balances_back(request)
     async with state.sessions() as s:
         user = await s.get(User, principal.user_id)
         key = await s.get(ApiKey, principal.key_id) if principal.key_id else None
