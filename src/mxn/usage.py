@@ -66,7 +66,7 @@ class UsageWriter:
             rows, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             try:
                 async with self.sessions() as s:
-                    await s.execute(insert(Usage), rows)
+                    await s.execute(insert(Usage.__table__), rows)  # Core executemany: no ORM work per row
                     await s.commit()
             except asyncio.CancelledError:
                 self.pending[:0] = rows  # shutdown interrupted this write: close() writes them again

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ from mxn.accounts import quota
 from mxn.accounts.service import Principal
 from mxn.catalog.registry import Cell
 from mxn.errors import RateLimited
+from mxn.gateway import normalize
 from mxn.gateway.params import Prepared
 from mxn.gateway.state import AppState
 from mxn.limits import CONCURRENT, REQUESTS, TOKENS, Rule, headers
@@ -131,7 +131,7 @@ def _refused(state: AppState, principal: Principal, cell: Cell, route: str, erro
 
 async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Prepared, route: str) -> Admission:
     rules = rules_for(principal, cell)
-    request_id = secrets.token_hex(8)
+    request_id = normalize.request_id()
     decision = await state.limiter.acquire(rules, request_id, prepared.prompt_tokens)
     limit_headers = headers(decision)
     if not decision.allowed:

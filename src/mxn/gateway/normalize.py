@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from typing import Any
@@ -22,8 +23,17 @@ _FINISH_ALIASES = {
 }
 
 
+# Unique across replicas and restarts without asking the OS for randomness on every request.
+_PROCESS = secrets.token_hex(6)
+_serial = itertools.count()
+
+
+def request_id() -> str:
+    return f"{_PROCESS}{next(_serial):x}"
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return f"{prefix}-{_PROCESS}{next(_serial):012x}"
 
 
 def finish_reason(value: Any) -> str | None:
