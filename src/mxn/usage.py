@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.store.models import Usage
 
 log = logging.getLogger("mxn.usage")
+USAGE = cast(Table, Usage.__table__)
 COLUMNS = (
     "created_at",
     "user_id",
@@ -66,7 +67,7 @@ class UsageWriter:
             rows, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             try:
                 async with self.sessions() as s:
-                    await s.execute(insert(Usage.__table__), rows)  # Core executemany: no ORM work per row
+                    await s.execute(insert(USAGE), rows)  # Core executemany: no ORM work per row
                     await s.commit()
             except asyncio.CancelledError:
                 self.pending[:0] = rows  # shutdown interrupted this write: close() writes them again

@@ -113,6 +113,8 @@ class UpstreamStream:
         self.response = response
         self.opened = opened  # the first-token window began when the request was sent
         self.ended = False
+        # Chunks already received and parsed but not yet yielded: a consumer may send what it has in one write.
+        self.buffered = 0
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -135,17 +137,17 @@ class UpstreamStream:
                     lines, rest = [rest], b""
                 else:
                     *lines, rest = (rest + data).split(b"\n")
-                for line in lines:
-                    payload = _payload(line)
-                    if payload is None:
-                        continue
+                payloads = [p for p in map(_payload, lines) if p is not None]
+                for i, payload in enumerate(payloads):
                     if payload == b"[DONE]":
                         return
                     chunk = orjson.loads(payload)
                     if not isinstance(chunk, dict):
                         raise UpstreamError(f"endpoint {endpoint} sent a non-object chunk")
                     first = False
+                    self.buffered = len(payloads) - i - 1
                     yield chunk
+                self.buffered = 0
                 if self.ended:
                     return
 

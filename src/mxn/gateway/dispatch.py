@@ -118,6 +118,11 @@ class Primed:
             self.router.failed(self.health, exc.code or "stream broke")
             raise
 
+    @property
+    def buffered(self) -> int:
+        """Chunks that have arrived and can be had without waiting (0 if the engine does not say)."""
+        return int(getattr(self.stream, "buffered", 0))
+
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
@@ -144,26 +149,40 @@ async def sse_events(
     finish: Finish,
     guard: StreamGuard | None = None,
 ) -> AsyncIterator[bytes]:
-    """The client's stream. Once it has begun, an error is an event, then [DONE]; never a hang."""
+    """The client's stream. Once it has begun, an error is an event, then [DONE]; never a hang.
+
+    Events of chunks that arrived together go out in one write; nothing waits for a chunk still to come.
+    """
     status = CLIENT_CLOSED
     error: str | None = "client_closed"
+    ready: list[bytes] = []
     try:
         async for chunk in stream:
             if "error" in chunk and not chunk.get("choices"):
-                yield sse({"error": _error_body(chunk["error"])})
+                yield b"".join(ready) + sse({"error": _error_body(chunk["error"])})
+                ready.clear()
                 status, error = 502, "upstream_error"
                 break
             out = norm.chunk(chunk)
             # With moderation, a chunk whose text is all held back for now is not sent.
             if out is not None and (guard is None or await moderate_chunk(guard, out, norm.chat)):
-                yield sse(out)
+                ready.append(sse(out))
             if guard is not None and guard.blocked:
                 break
+            if ready and not getattr(stream, "buffered", 0):
+                yield b"".join(ready)
+                ready.clear()
         else:
+            if ready:
+                yield b"".join(ready)
+                ready.clear()
             if guard is not None and guard.held():
                 # The upstream ended without a finish_reason: what was held back still goes out (or is cut).
                 yield sse(norm.text_chunk({i: await guard.feed(i, "", True) for i in guard.held()}))
             status, error = 200, None
+        if ready:  # the loop stopped early: what was ready still goes first
+            yield b"".join(ready)
+            ready.clear()
         if guard is not None and guard.blocked:
             # Generation stops here (closing the stream cancels it upstream); the client is told why.
             yield sse({**norm.text_chunk({}, "content_filter"), "blocked": True})
@@ -172,12 +191,12 @@ async def sse_events(
             yield sse(norm.usage_chunk())
     except MxnError as exc:
         status, error = exc.status, exc.code
-        yield sse(exc.body())
+        yield b"".join(ready) + sse(exc.body())
     except Exception as exc:  # e.g. a chunk of an unexpected shape: the stream still ends cleanly
         log.error("stream failed: %s", type(exc).__name__)
         broken = UpstreamError("the upstream sent a stream that could not be read")
         status, error = broken.status, broken.code
-        yield sse(broken.body())
+        yield b"".join(ready) + sse(broken.body())
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
