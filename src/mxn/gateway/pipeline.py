@@ -4,7 +4,6 @@ input → dispatch → normalise (and moderate the output) → settle."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -139,25 +138,32 @@ async def _failed(adm: Admission, exc: BaseException) -> None:
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (uvicorn does not cancel the handler)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Await `work` here, cancelling it if the client disconnects first (uvicorn does not cancel the handler).
+
+    One watcher task per request; the work itself runs in the handler's own task.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        # The body has been read, so the next message on the channel can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        handler.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        handler.uncancel()
+        raise ClientGone("the client went away before the answer was ready")
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ClientGone("the client went away before the answer was ready")
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    # The body has been read, so the next message on the channel can only be the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def embeddings(request: Request) -> Response:
