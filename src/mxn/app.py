@@ -20,6 +20,7 @@ from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
 from mxn.errors import MxnError
 from mxn.gateway import admin, headers, openapi, responses, routes, user_api
+from mxn.gateway.fast import FastRoutes
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import make_throttle
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)
     app.add_exception_handler(Exception, responses.on_unexpected)
+    # Added first, so innermost of the middlewares: the security headers and CORS still wrap it.
+    app.add_middleware(FastRoutes)
     headers.install(app, app.state.settings)
     app.openapi = partial(openapi.document, app)  # type: ignore[method-assign]
     return app

@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from mxn.errors import InvalidRequest, PayloadTooLarge
+from mxn.errors import ClientGone, InvalidRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("mxn.protocol")
@@ -21,11 +21,14 @@ async def read_json(request: Request, max_bytes: int, max_depth: int) -> dict[st
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("the client went away while sending its request")
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
