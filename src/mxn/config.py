@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     auth_refresh: float = 1.0
     # A replica holds chunks of large balances (up to this many reservations each) so that most requests
     # reserve and settle quota in memory (`accounts.holds`); 0: every request reserves in the store.
-    quota_hold: int = 64
+    quota_hold: int = 256
     # After this many failed authentications (unknown key, wrong admin key or password) from one client address
     # within the window (seconds), its every attempt gets 429 until the window ends; 0 turns this off.
     auth_fail_limit: int = 10

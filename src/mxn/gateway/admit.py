@@ -68,13 +68,12 @@ class Admission:
         cost = self.price.cost(prompt, completion)
         # Shielded: a client that goes away must not leave a reservation or a slot behind.
         with anyio.CancelScope(shield=True):
+            slots = [r for r in self.rules if r.kind == CONCURRENT]
             try:
                 await self.state.holds.settle(self.reservation, cost)
-                await self.state.limiter.add_tokens(
-                    [r for r in self.rules if r.kind == TOKENS], self.request_id, completion
-                )
             finally:
-                await self.state.limiter.release([r for r in self.rules if r.kind == CONCURRENT], self.request_id)
+                tokens = [r for r in self.rules if r.kind == TOKENS]
+                await self.state.limiter.finish(tokens, slots, self.request_id, completion)
         if not self.reservation.empty and self.reservation.may_cross(cost):
             self.state.alerts.soon(self.state.alerts.quota_spent(self.reservation.user_id, self.reservation.key_id))
         p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id

@@ -14,6 +14,10 @@ from typing import Protocol
 REQUESTS, TOKENS, CONCURRENT = "requests", "tokens", "concurrent"
 # A concurrent slot left behind by a crashed replica frees itself after this long.
 SLOT_TTL = 900.0
+# Charges closer together than window / QUANTA share one log entry, stamped with the newest time: a rule keeps at
+# most about QUANTA entries however busy it is, and sharing can only make it stricter (an entry leaves the window
+# when its newest charge does; Retry-After may be later by at most window / QUANTA, 60 ms for a minute).
+QUANTA = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class Limiter(Protocol):
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
         """Give back the request's CONCURRENT slots."""
+
+    async def finish(self, token_rules: list[Rule], slot_rules: list[Rule], request_id: str, tokens: int) -> None:
+        """At the end of a request: add_tokens and release together (one round trip where there is one)."""
 
     async def close(self) -> None: ...
 

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from mxn.limits import CONCURRENT, SLOT_TTL, Decision, Rule, Usage, weight
+from mxn.limits import CONCURRENT, QUANTA, SLOT_TTL, Decision, Rule, Usage, weight
 
 
 class MemoryLimiter:
@@ -62,7 +62,11 @@ class MemoryLimiter:
         if rule.kind == CONCURRENT:
             self.slots.setdefault(rule.key, {})[request_id] = now + SLOT_TTL
         elif w:
-            self.logs.setdefault(rule.key, deque()).append((now, w))
+            log = self.logs.setdefault(rule.key, deque())
+            if log and now - log[-1][0] < rule.window / QUANTA:
+                log.append((now, log.pop()[1] + w))
+            else:
+                log.append((now, w))
             self.sums[rule.key] = self.sums.get(rule.key, 0) + w
 
     async def add_tokens(self, rules: list[Rule], request_id: str, tokens: int) -> None:
@@ -71,6 +75,10 @@ class MemoryLimiter:
             for r in rules:
                 self._expire(r, now)
                 self._charge(r, request_id, now, tokens)
+
+    async def finish(self, token_rules: list[Rule], slot_rules: list[Rule], request_id: str, tokens: int) -> None:
+        await self.add_tokens(token_rules, request_id, tokens)
+        await self.release(slot_rules, request_id)
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
         async with self.lock:

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from mxn.limits import CONCURRENT, SLOT_TTL, Decision, Rule, Usage, weight
+from mxn.limits import CONCURRENT, QUANTA, SLOT_TTL, Decision, Rule, Usage, weight
 
 PREFIX = "mxn:rl:"
 
@@ -62,14 +62,22 @@ for i = 1, n do
     redis.call('ZADD', key, now + SLOT_TTL, member)
     redis.call('EXPIRE', key, math.ceil(SLOT_TTL) + 1)
   elseif w > 0 then
-    redis.call('ZADD', key, now, member .. ':' .. w)
+    -- A charge within window / QUANTA of the newest joins it (see limits.QUANTA).
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    if #last > 0 and now - tonumber(last[2]) < window / QUANTA then
+      redis.call('ZREM', key, last[1])
+      local id, old = string.match(last[1], '^(.*):(%d+)$')
+      redis.call('ZADD', key, now, id .. ':' .. (tonumber(old) + w))
+    else
+      redis.call('ZADD', key, now, member .. ':' .. w)
+    end
     redis.call('INCRBY', key .. ':sum', w)
     redis.call('EXPIRE', key, math.ceil(window) + 1)
     redis.call('EXPIRE', key .. ':sum', math.ceil(window) + 1)
   end
 end
 return {'1', '0', '0', unpack(out)}
-""".replace("SLOT_TTL", str(SLOT_TTL))
+""".replace("SLOT_TTL", str(SLOT_TTL)).replace("QUANTA", str(QUANTA))
 
 
 class RedisLimiter:
@@ -77,12 +85,14 @@ class RedisLimiter:
         self.redis: Any = aioredis.from_url(url, decode_responses=True)
         self.script = self.redis.register_script(_SCRIPT)
 
-    async def _run(self, rules: list[Rule], member: str, tokens: int, charge_only: bool) -> list[str]:
+    async def _run(
+        self, rules: list[Rule], member: str, tokens: int, charge_only: bool, client: Any = None
+    ) -> list[str]:
         keys = [PREFIX + r.key for r in rules]
         args: list[Any] = [member, len(rules), "1" if charge_only else "0"]
         for r in rules:
             args += [r.limit, r.window, weight(r, tokens), "c" if r.kind == CONCURRENT else "l"]
-        result: list[str] = await self.script(keys=keys, args=args)
+        result: list[str] = await self.script(keys=keys, args=args, client=client)
         return result
 
     async def acquire(self, rules: list[Rule], request_id: str, tokens: int) -> Decision:
@@ -99,6 +109,17 @@ class RedisLimiter:
     async def add_tokens(self, rules: list[Rule], request_id: str, tokens: int) -> None:
         if rules and tokens > 0:
             await self._run(rules, request_id + ":c", tokens, charge_only=True)
+
+    async def finish(self, token_rules: list[Rule], slot_rules: list[Rule], request_id: str, tokens: int) -> None:
+        if not slot_rules:
+            await self.add_tokens(token_rules, request_id, tokens)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        if token_rules and tokens > 0:
+            await self._run(token_rules, request_id + ":c", tokens, charge_only=True, client=pipe)
+        for r in slot_rules:
+            pipe.zrem(PREFIX + r.key, request_id)
+        await pipe.execute()
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
         if rules:

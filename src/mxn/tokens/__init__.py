@@ -309,12 +309,22 @@ class Tokenizer(ABC):
             ids += [start, *self.encode(f"{role}\n{text}"), end, *newline]
         return [*ids, start, *self.encode("assistant\n")]
 
+    def _role_tokens(self, role: str) -> int:
+        # Roles are a handful of words: counted once each (a bounded memo, since a role is any string).
+        known = self.__dict__.setdefault("_roles", {})
+        n = known.get(role)
+        if n is None:
+            n = self.count(role)
+            if len(known) < 64:
+                known[role] = n
+        return n
+
     def _openai_count(self, messages: list[dict[str, Any]]) -> int:
         # OpenAI cookbook ("How to count tokens with tiktoken", gpt-3.5-turbo-0613 and later):
         # 3 per message, + each value, +1 when a name is given, + 3 to prime the reply.
         total = 3
         for m in messages:
-            total += 3 + self.count(str(m.get("role") or ""))
+            total += 3 + self._role_tokens(str(m.get("role") or ""))
             total += sum(self.count(t) for t in _text_parts(m.get("content")))
             if m.get("name"):
                 total += 1 + self.count(str(m["name"]))
