@@ -7,19 +7,26 @@ the gateway under test is pinned to core 1. Each target is loaded with non-strea
 streams, closed loop, for a bounded time:
 
 - `direct`: wrk → mock (the floor);
+- `python-floor`: bench/python_floor.py, uvicorn + aiohttp passing requests through with no logic at all (the
+  least any gateway on mxn's stack can cost);
 - `mxn-sqlite`: `mxn serve` with the full pipeline (key auth, rate limits, quota reserve/settle, moderation
   with 1,000 keywords, usage records) on SQLite and the in-process limiter;
 - `mxn-pg-redis`: the same on a fresh PostgreSQL database and a Redis database index;
+- `litellm`: LiteLLM's proxy (one pinned release, in its own venv under build/, installed by this script);
 - `nginx`: nginx `proxy_pass` with upstream keep-alive (the cost of a C proxy).
 
 Reported per target, mode and concurrency: requests/s, p50 and p99 latency (wrk), added p50 over direct,
-the gateway's CPU use (from /proc) and requests/s per gateway core, and its RSS. LiteLLM is not measured yet.
-Writes bench/results/gateway_overhead.json and prints a markdown table.
+the gateway's CPU use (from /proc) and requests/s per gateway core, and its RSS. Then, for mxn: inter-token
+latency at 20 ms/token against direct (`itl`), RSS at idle and with 1,000 open streams (`streams`), and
+`--workers 2` against one worker on PostgreSQL + Redis with the rate limit and quota checked for exactness
+(`workers`). The goals of the issue are computed from this run's numbers. Writes
+bench/results/gateway_overhead.json and prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -65,18 +72,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 @contextmanager
 def process(
-    cmd: list[str], ready: str, core: int, env: dict[str, str] | None = None
+    cmd: list[str], ready: str, core: int | None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> Iterator[subprocess.Popen[bytes]]:
     log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        ["taskset", "-c", str(core), *cmd],
+        [*(["taskset", "-c", str(core)] if core is not None else []), *cmd],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
     try:
-        wait_ready(ready, proc)
+        wait_ready(ready, proc, timeout)
         yield proc
     finally:
         proc.terminate()
@@ -127,7 +134,9 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def wrk(url: str, key: str | None, stream: bool, concurrency: int, duration: float) -> dict[str, Any]:
+def wrk(
+    url: str, key: str | None, stream: bool, concurrency: int, duration: float, core: int | None = 0
+) -> dict[str, Any]:
     body = json.dumps({**BODY, "stream": stream})
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(
@@ -137,11 +146,9 @@ def wrk(url: str, key: str | None, stream: bool, concurrency: int, duration: flo
         script.write(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
     script.close()
     cmd = [
-        "taskset",
-        "-c",
-        "0",
+        *(["taskset", "-c", str(core)] if core is not None else []),
         "wrk",
-        "-t1",
+        f"-t{1 if core is not None else 2}",
         f"-c{concurrency}",
         f"-d{max(1, round(duration))}s",
         "--latency",
@@ -158,11 +165,13 @@ def wrk(url: str, key: str | None, stream: bool, concurrency: int, duration: flo
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": rps,
         "p50_ms": pct("50"),
         "p99_ms": pct("99"),
+        "requests": int(total.group(1)) if total else None,
         "non_2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": sum(map(int, errors.groups())) if errors else 0,
     }
@@ -276,24 +285,297 @@ http {{
     return conf
 
 
+LITELLM = "1.106.10"  # pinned: never 1.82.7, 1.82.8 or 1.107.0 (compromised uploads)
+LITELLM_KEY = "sk-litellm-bench-0123456789abcdef"
+
+
+def litellm_binary() -> Path:
+    """LiteLLM's proxy in its own venv under build/ (never in mxn's dependencies), installed on first use.
+
+    1.106.10 pins certifi>=2026.10.19, which the registry may lack: litellm goes in with --no-deps, then its
+    requirements (core and the proxy extra) with the newest certifi there is (unused on loopback).
+    """
+    venv = ROOT / "build" / "litellm-venv"
+    binary = venv / "bin" / "litellm"
+    if binary.exists():
+        return binary
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q"]
+    subprocess.run([*pip, "--no-deps", f"litellm=={LITELLM}"], check=True, timeout=900)
+    reqs = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m, re\n"
+            "for r in m.requires('litellm') or []:\n"
+            "    name, _, marker = r.partition(';')\n"
+            "    if 'extra' in marker and 'proxy' not in marker: continue\n"
+            "    print('certifi' if name.strip().startswith('certifi') else name.strip())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    subprocess.run([*pip, *reqs], check=True, timeout=1800)
+    return binary
+
+
+def litellm_target(mock_url: str, tmp: Path) -> tuple[list[str], dict[str, str], str]:
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: mock\n    litellm_params:\n"
+        f"      model: openai/mock\n      api_base: {mock_url}\n      api_key: dummy\n"
+    )
+    port = free_port()
+    cmd = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--num_workers", "1"]
+    env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    return cmd, env, f"http://127.0.0.1:{port}"
+
+
+def mock_process(port: int, *options: str) -> Any:
+    cmd = [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(port), *options]
+    return process(cmd, f"http://127.0.0.1:{port}/v1/models", 0)
+
+
+async def _gaps(url: str, key: str, streams: int, rounds: int) -> list[float]:
+    """Seconds between successive content chunks, as a client reading `streams` concurrent streams sees them."""
+    import aiohttp
+
+    body = {**BODY, "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    gaps: list[float] = []
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        last = None
+        async with session.post(url, json=body, headers=headers) as r:
+            async for line in r.content:
+                if b'"content"' in line:
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        for _ in range(rounds):
+            await asyncio.gather(*(one(session) for _ in range(streams)))
+    return gaps
+
+
+def itl(tmp: Path) -> dict[str, Any]:
+    """Inter-token latency at 20 ms/token: direct against through mxn (SQLite), 16 streams × 3 rounds each."""
+    port = free_port()
+    out: dict[str, Any] = {"token_delay_ms": 20, "streams": 16, "rounds": 3}
+    with mock_process(port, "--token-delay", "0.02"):
+        mock = f"http://127.0.0.1:{port}/v1"
+        cmd, env, base = mxn_target(mock, {"MXN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/itl.db"}, tmp)
+        with process(cmd, f"{base}/readyz", 1, env):
+            key = bench_key(base)
+            os.sched_setaffinity(0, {0})  # the client beside the mock, as wrk is
+            try:
+                for name, url in (("direct", f"{mock}/chat/completions"), ("mxn", f"{base}/v1/chat/completions")):
+                    gaps = sorted(asyncio.run(_gaps(url, key, 16, 3)))
+                    out[name] = {
+                        "mean_ms": round(1000 * sum(gaps) / len(gaps), 3),
+                        "p50_ms": round(1000 * gaps[len(gaps) // 2], 3),
+                        "p99_ms": round(1000 * gaps[int(len(gaps) * 0.99)], 3),
+                        "gaps": len(gaps),
+                    }
+            finally:
+                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    out["overhead_pct"] = round(100 * (out["mxn"]["mean_ms"] / out["direct"]["mean_ms"] - 1), 2)
+    print(json.dumps({"itl": out}), flush=True)
+    return out
+
+
+async def _hold_streams(url: str, key: str, n: int, measure: Any) -> tuple[int, Any]:
+    """Open `n` streams, wait for each one's first chunk, call `measure()` while all are open, close them."""
+    import aiohttp
+
+    body = {**BODY, "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    opened = asyncio.Event()
+    count = 0
+    release = asyncio.Event()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal count
+        async with session.post(url, json=body, headers=headers) as r:
+            await r.content.readline()
+            count += 1
+            if count == n:
+                opened.set()
+            await release.wait()
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks = [asyncio.create_task(one(session)) for _ in range(n)]
+        try:
+            await asyncio.wait_for(opened.wait(), 60)
+            result = measure()
+        finally:
+            release.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return count, result
+
+
+def open_streams(tmp: Path, n: int = 1000) -> dict[str, Any]:
+    """The gateway's RSS at idle and with `n` streams open and idle (the upstream sends a token a second)."""
+    port = free_port()
+    with mock_process(port, "--token-delay", "1", "--chunks", "60"):
+        mock = f"http://127.0.0.1:{port}/v1"
+        cmd, env, base = mxn_target(mock, {"MXN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/streams.db"}, tmp)
+        with process(cmd, f"{base}/readyz", 1, env) as p:
+            key = bench_key(base)
+            wrk(f"{base}/v1/chat/completions", key, False, 32, 2)  # warm: pools, caches, lazy imports
+            idle = rss_mib(tree(p.pid))
+            count, busy = asyncio.run(
+                _hold_streams(f"{base}/v1/chat/completions", key, n, lambda: rss_mib(tree(p.pid)))
+            )
+    out = {
+        "streams": count,
+        "rss_idle_mib": round(idle, 1),
+        "rss_open_mib": round(busy, 1),
+        "kib_per_stream": round(1024 * (busy - idle) / max(count, 1), 1),
+    }
+    print(json.dumps({"open_streams": out}), flush=True)
+    return out
+
+
+def _store_counts(database_url: str, user: str) -> tuple[int, int, int]:
+    """(balance, sum of usage costs, usage rows answered 200) of a user, read from the store directly."""
+    import asyncpg
+
+    async def read() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            row = await conn.fetchrow(
+                "SELECT u.quota, coalesce(sum(x.cost), 0) AS spent, count(*) FILTER (WHERE x.status = 200) AS ok "
+                "FROM users u LEFT JOIN usage x ON x.user_id = u.id WHERE u.name = $1 GROUP BY u.quota",
+                user,
+            )
+            return int(row["quota"]), int(row["spent"]), int(row["ok"])
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def workers(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`--workers 2` against one worker on PostgreSQL + Redis, nothing pinned (the load shares both cores);
+    then, on two workers, an rpm limit and a quota hammered through both and checked against the store."""
+    out: dict[str, Any] = {"note": "gateway, mock and wrk share both cores here: nothing is pinned"}
+    port = free_port()
+    with mock_process(port), pg_and_redis() as stores:
+        mock = f"http://127.0.0.1:{port}/v1"
+        for n in (1, 2):
+            cmd, env, base = mxn_target(mock, stores, tmp)
+            with process([*cmd, "--workers", str(n)], f"{base}/readyz", None, env) as p:
+                key = bench_key(base)
+                url = f"{base}/v1/chat/completions"
+                wrk(url, key, False, 128, 1.0, core=None)
+                pids = tree(p.pid)
+                before, start = cpu_seconds(pids), time.monotonic()
+                r = wrk(url, key, False, 128, args.duration, core=None)
+                cpu = (cpu_seconds(pids) - before) / (time.monotonic() - start)
+                out[f"workers_{n}"] = {**r, "gateway_cpu": round(cpu, 3), "rps_per_core": round(r["rps"] / cpu)}
+                print(json.dumps({f"workers_{n}": out[f"workers_{n}"]}), flush=True)
+                if n == 2:
+                    out["exactness"] = _exactness(base, url, stores["MXN_DATABASE_URL"], args)
+    out["speedup"] = round(out["workers_2"]["rps"] / out["workers_1"]["rps"], 2)
+    return out
+
+
+def _key(base: str, user: str, **limits: Any) -> str:
+    with httpx.Client(base_url=base, headers={"authorization": "Bearer sk-bench-admin"}, timeout=30) as admin:
+        r = admin.post("/admin/keys", json={"user": user, "name": f"k{random.random()}", **limits})
+        r.raise_for_status()
+        return str(r.json()["key"])
+
+
+def _exactness(base: str, url: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    with httpx.Client(base_url=base, headers={"authorization": "Bearer sk-bench-admin"}, timeout=30) as admin:
+        admin.post("/admin/users", json={"name": "rpm", "group": "bench"}).raise_for_status()
+        for name, quota in (("big", 2_000_000), ("small", 3_200)):
+            admin.post("/admin/users", json={"name": name, "group": "bench", "quota": quota}).raise_for_status()
+    out: dict[str, Any] = {}
+    limited = wrk(url, _key(base, "rpm", rpm=600), False, 64, args.duration, core=None)
+    admitted = (limited["requests"] or 0) - limited["non_2xx"]
+    out["rpm_600"] = {"admitted": admitted, "refused": limited["non_2xx"], "exact": admitted == 600}
+    for name, quota in (("big", 2_000_000), ("small", 3_200)):
+        r = wrk(url, _key(base, name), False, 64, args.duration, core=None)
+        time.sleep(3)  # idle holds go back within a second; usage records are written every half second
+        balance, spent, ok = _store_counts(database_url, name)
+        out[f"quota_{name}"] = {
+            "granted": quota,
+            "answered_200": (r["requests"] or 0) - r["non_2xx"],
+            "usage_200": ok,
+            "spent": spent,
+            "balance": balance,
+            "exact": balance >= 0 and quota - balance == spent and ok == (r["requests"] or 0) - r["non_2xx"],
+        }
+    print(json.dumps({"exactness": out}), flush=True)
+    return out
+
+
+def goals(rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals, from this run's numbers (None where the part was not run)."""
+
+    def row(target: str, mode: str, c: int = 32) -> dict[str, Any] | None:
+        return next((r for r in rows if (r["target"], r["mode"], r["concurrency"]) == (target, mode, c)), None)
+
+    mxn_ns, mxn_st = row("mxn-sqlite", "nonstream"), row("mxn-sqlite", "stream20")
+    out: dict[str, Any] = {}
+    if mxn_ns:
+        out["nonstream_per_core>=5000"] = {"value": mxn_ns["rps_per_core"], "met": mxn_ns["rps_per_core"] >= 5000}
+        out["added_p50_ms<=0.5"] = {"value": mxn_ns["added_p50_ms"], "met": mxn_ns["added_p50_ms"] <= 0.5}
+    if mxn_st:
+        out["streams_per_core>=1500"] = {"value": mxn_st["rps_per_core"], "met": mxn_st["rps_per_core"] >= 1500}
+    if "itl" in extra:
+        out["itl_overhead_pct<=5"] = {"value": extra["itl"]["overhead_pct"], "met": extra["itl"]["overhead_pct"] <= 5}
+    if "open_streams" in extra:
+        mib = extra["open_streams"]["rss_open_mib"]
+        out["rss_1000_streams_mib<150"] = {"value": mib, "met": mib < 150}
+    for peer in ("litellm", "nginx", "python-floor"):
+        p = row(peer, "nonstream")
+        if mxn_ns and p and p["rps_per_core"]:
+            out[f"mxn_per_core_vs_{peer}"] = round(mxn_ns["rps_per_core"] / p["rps_per_core"], 3)
+    if "workers" in extra:
+        out["workers_2_speedup"] = extra["workers"]["speedup"]
+        out["exact_under_load"] = all(v.get("exact") for v in extra["workers"]["exactness"].values())
+    return out
+
+
+TARGETS = "direct,python-floor,mxn-sqlite,mxn-pg-redis,litellm,nginx"
+SECTIONS = "itl,streams,workers"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[32, 128])
-    ap.add_argument("--only", default="direct,mxn-sqlite,mxn-pg-redis,nginx")
+    ap.add_argument("--only", default=f"{TARGETS},{SECTIONS}", help=f"targets ({TARGETS}) and parts ({SECTIONS})")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway_overhead.json"))
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
     only = set(args.only.split(","))
     rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     mock_port = free_port()
-    mock_cmd = [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", str(mock_port)]
-    with tempfile.TemporaryDirectory() as t, process(mock_cmd, f"http://127.0.0.1:{mock_port}/v1/models", 0):
+    with tempfile.TemporaryDirectory() as t, mock_process(mock_port):
         tmp = Path(t)
         mock = f"http://127.0.0.1:{mock_port}/v1"
         if "direct" in only:
             rows += measure("direct", f"{mock}/chat/completions", None, None, args)
+        if "python-floor" in only:
+            port = free_port()
+            cmd = [sys.executable, str(ROOT / "bench" / "python_floor.py"), "--port", str(port), "--upstream", mock]
+            with process(cmd, f"http://127.0.0.1:{port}/models", 1) as p:
+                rows += measure("python-floor", f"http://127.0.0.1:{port}/chat/completions", None, p.pid, args)
         if "mxn-sqlite" in only:
             cmd, env, base = mxn_target(mock, {"MXN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/mxn.db"}, tmp)
             with process(cmd, f"{base}/readyz", 1, env) as p:
@@ -303,29 +585,59 @@ def main() -> None:
                 cmd, env, base = mxn_target(mock, stores, tmp)
                 with process(cmd, f"{base}/readyz", 1, env) as p:
                     rows += measure("mxn-pg-redis", f"{base}/v1/chat/completions", bench_key(base), p.pid, args)
+        if "litellm" in only:
+            try:
+                cmd, env, base = litellm_target(mock, tmp)
+            except (subprocess.SubprocessError, OSError) as exc:
+                extra["litellm_error"] = f"installing LiteLLM {LITELLM} failed: {exc}"
+                print(extra["litellm_error"], flush=True)
+            else:
+                with process(cmd, f"{base}/health/liveliness", 1, env, timeout=180) as p:
+                    rows += measure("litellm", f"{base}/v1/chat/completions", LITELLM_KEY, p.pid, args)
         if "nginx" in only and shutil.which("nginx"):
             port = free_port()
             conf = nginx_conf(tmp, port, mock_port)
             with process(["nginx", "-c", str(conf), "-p", str(tmp)], f"http://127.0.0.1:{port}/v1/models", 1) as p:
                 rows += measure("nginx", f"http://127.0.0.1:{port}/v1/chat/completions", None, p.pid, args)
+        if "itl" in only:
+            extra["itl"] = itl(tmp)
+        if "streams" in only:
+            extra["open_streams"] = open_streams(tmp)
+        if "workers" in only:
+            extra["workers"] = workers(tmp, args)
     direct = {(r["mode"], r["concurrency"]): r["p50_ms"] for r in rows if r["target"] == "direct"}
     for r in rows:
         base_p50 = direct.get((r["mode"], r["concurrency"]))
         r["added_p50_ms"] = round(r["p50_ms"] - base_p50, 3) if base_p50 is not None else None
-    report = {"tool": "bench/gateway_overhead.py", "settings": vars(args), "cpus": os.cpu_count(), "results": rows}
+    report = {
+        "tool": "bench/gateway_overhead.py",
+        "settings": vars(args),
+        "cpus": os.cpu_count(),
+        "results": rows,
+        **extra,
+        "goals": goals(rows, extra),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    print_tables(report)
+    print(f"\nwrote {out}")
+
+
+def print_tables(report: dict[str, Any]) -> None:
     print(
         "\n| target | mode | conc | req/s | p50 ms | p99 ms | added p50 ms | gateway CPU | req/s per core | RSS MiB |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    for r in report["results"]:
         print(
             f"| {r['target']} | {r['mode']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['added_p50_ms']} | {r['gateway_cpu']} | {r['rps_per_core']} | {r['rss_mib']} |"
         )
-    print(f"\nwrote {out}")
+    print("\n| goal | this run | met |\n|---|---:|---|")
+    for name, g in report["goals"].items():
+        value, met = (g["value"], "yes" if g["met"] else "no") if isinstance(g, dict) else (g, "")
+        print(f"| {name} | {value} | {met} |")
 
 
 if __name__ == "__main__":
