@@ -509,13 +509,15 @@ def _exactness(base: str, url: str, database_url: str, args: argparse.Namespace)
         r = wrk(url, _key(base, name), False, 64, args.duration, core=None)
         time.sleep(3)  # idle holds go back within a second; usage records are written every half second
         balance, spent, ok = _store_counts(database_url, name)
+        answered = (r["requests"] or 0) - r["non_2xx"]
         out[f"quota_{name}"] = {
             "granted": quota,
-            "answered_200": (r["requests"] or 0) - r["non_2xx"],
+            "answered_200": answered,
+            # wrk stops with up to 64 requests under way: the gateway finishes and records them, wrk never counts
             "usage_200": ok,
             "spent": spent,
             "balance": balance,
-            "exact": balance >= 0 and quota - balance == spent and ok == (r["requests"] or 0) - r["non_2xx"],
+            "exact": balance >= 0 and quota - balance == spent and answered <= ok <= answered + 64,
         }
     print(json.dumps({"exactness": out}), flush=True)
     return out

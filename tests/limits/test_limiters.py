@@ -137,9 +137,9 @@ def test_redis_limiter_decides_like_the_memory_limiter(redis_url: str, weights: 
 
 def test_finish_charges_completion_tokens_and_frees_slots_on_both_back_ends(redis_url: str) -> None:
     n = next(_unique)
-    tpm, conc = Rule(f"f{n}:tpm", TOKENS, 100, 60), Rule(f"f{n}:conc", CONCURRENT, 1, 0)
 
     async def check(limiter: Any) -> None:
+        tpm, conc = Rule(f"f{n}:tpm", TOKENS, 100, 60), Rule(f"f{n}:conc", CONCURRENT, 1, 0)
         assert (await limiter.acquire([tpm, conc], "a", 10)).allowed
         assert not (await limiter.acquire([tpm, conc], "b", 10)).allowed  # the one slot is taken
         await limiter.finish([tpm], [conc], "a", 85)  # 10 prompt + 85 completion tokens
@@ -154,6 +154,13 @@ def test_finish_charges_completion_tokens_and_frees_slots_on_both_back_ends(redi
         redis_limiter = RedisLimiter(redis_url)
         try:
             await check(redis_limiter)
+            # Redis forgot the script (a restart, SCRIPT FLUSH): finish() still charges and frees.
+            tpm, conc = Rule(f"g{n}:tpm", TOKENS, 100, 60), Rule(f"g{n}:conc", CONCURRENT, 1, 0)
+            assert (await redis_limiter.acquire([tpm, conc], "a", 10)).allowed
+            await redis_limiter.redis.script_flush()
+            await redis_limiter.finish([tpm], [conc], "a", 85)
+            d = await redis_limiter.acquire([tpm, conc], "d", 5)
+            assert d.allowed and [u.used for u in d.usage] == [100, 1]
         finally:
             await redis_limiter.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from mxn.limits import CONCURRENT, QUANTA, SLOT_TTL, Decision, Rule, Usage, weight
 
@@ -85,14 +86,17 @@ class RedisLimiter:
         self.redis: Any = aioredis.from_url(url, decode_responses=True)
         self.script = self.redis.register_script(_SCRIPT)
 
-    async def _run(
-        self, rules: list[Rule], member: str, tokens: int, charge_only: bool, client: Any = None
-    ) -> list[str]:
+    @staticmethod
+    def _args(rules: list[Rule], member: str, tokens: int, charge_only: bool) -> tuple[list[str], list[Any]]:
         keys = [PREFIX + r.key for r in rules]
         args: list[Any] = [member, len(rules), "1" if charge_only else "0"]
         for r in rules:
             args += [r.limit, r.window, weight(r, tokens), "c" if r.kind == CONCURRENT else "l"]
-        result: list[str] = await self.script(keys=keys, args=args, client=client)
+        return keys, args
+
+    async def _run(self, rules: list[Rule], member: str, tokens: int, charge_only: bool) -> list[str]:
+        keys, args = self._args(rules, member, tokens, charge_only)
+        result: list[str] = await self.script(keys=keys, args=args)
         return result
 
     async def acquire(self, rules: list[Rule], request_id: str, tokens: int) -> Decision:
@@ -114,12 +118,19 @@ class RedisLimiter:
         if not slot_rules:
             await self.add_tokens(token_rules, request_id, tokens)
             return
+        # EVALSHA straight into the pipeline (a Script object would ask SCRIPT EXISTS first: another round trip);
+        # acquire() has loaded the script, and if Redis lost it meanwhile the calls are made one by one.
         pipe = self.redis.pipeline(transaction=False)
         if token_rules and tokens > 0:
-            await self._run(token_rules, request_id + ":c", tokens, charge_only=True, client=pipe)
+            keys, args = self._args(token_rules, request_id + ":c", tokens, charge_only=True)
+            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
         for r in slot_rules:
             pipe.zrem(PREFIX + r.key, request_id)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except NoScriptError:
+            await self.add_tokens(token_rules, request_id, tokens)
+            await self.release(slot_rules, request_id)
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
         if rules:
