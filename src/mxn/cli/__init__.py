@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mxn.cli import accounting, admin, catalog, client, models, moderation, serve
+from mxn.cli import accounting, admin, catalog, chips, client, models, moderation, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mxn: M models on N chips behind one API.")
 app.command("serve")(serve.serve)
@@ -15,6 +15,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(moderation.app, name="moderation")
 app.add_typer(accounting.codes, name="codes")
 app.command("usage")(accounting.usage)
+app.command("chips")(chips.chips)
 app.command("chat")(client.chat)
 app.command("batch")(client.batch)
 app.command("bench")(client.bench)

@@ -1,0 +1,1 @@
+"""What accelerators a machine has, from each vendor's own tool, and how a Ray node advertises them."""
