@@ -23,17 +23,6 @@ from typing import Any
 # Ray knows GPUs (CUDA and ROCm both count as "GPU") and Ascend NPUs ("NPU"); every chip type also gets a custom
 # resource of its own, so that a replica can ask for `chip:ascend` whatever Ray calls it.
 RAY_NAMES = {"nvidia": "GPU", "amd": "GPU", "iluvatar": "GPU", "metax": "GPU", "ascend": "NPU"}
-# The variable that limits which devices an engine process sees, per chip type.
-VISIBLE_DEVICES = {
-    "nvidia": "CUDA_VISIBLE_DEVICES",
-    "amd": "HIP_VISIBLE_DEVICES",
-    "ascend": "ASCEND_RT_VISIBLE_DEVICES",
-    "iluvatar": "CUDA_VISIBLE_DEVICES",
-    "metax": "CUDA_VISIBLE_DEVICES",
-    "moorethreads": "MUSA_VISIBLE_DEVICES",
-    "biren": "BIREN_VISIBLE_DEVICES",
-    "enflame": "TOPS_VISIBLE_DEVICES",
-}
 
 
 @dataclass(frozen=True, slots=True)
