@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -18,8 +19,10 @@ from mxn.accounts.holds import Holds
 from mxn.accounts.secrets import load_secret
 from mxn.alerts import Alerts
 from mxn.config import Settings, get_settings
+from mxn.deploy.controller import Controller, make_placement
+from mxn.deploy.leader import Lease
 from mxn.errors import MxnError
-from mxn.gateway import admin, headers, openapi, responses, routes, user_api
+from mxn.gateway import admin, admin_deploy, headers, openapi, responses, routes, user_api
 from mxn.gateway.fast import FastRoutes
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
@@ -82,6 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.start_health_checks()
     state.throttle = make_throttle(settings.auth_fail_limit, settings.auth_fail_window, settings.redis_url)
     state.throttle.start()
+    placement = make_placement(settings.ray_address, Path(settings.data_dir) / "logs", settings.deploy_start_timeout)
+    lease = Lease(db, settings.database_url, settings.data_dir)
+    state.deployments = Controller(sessions, placement, lease, settings.deploy_interval, state.reload_catalog)
+    state.deployments.start()
     app.state.mxn = state
     try:
         yield
@@ -95,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(admin_deploy.router)
     app.include_router(user_api.router)
     app.router.routes.extend(console.routes)
     app.add_exception_handler(MxnError, responses.on_mxn_error)

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     alert_spike_factor: float = 5.0
     alert_spike_min_tokens: int = 10_000
     alert_interval: float = 60.0
+    # Managed deployments (`mxn deploy`): replicas run on this machine, or on the Ray cluster at this address
+    # (`host:port` of its head); one gateway at a time places them, checking every deploy_interval seconds.
+    ray_address: str | None = None
+    deploy_interval: float = 2.0
+    # A replica that is not healthy this many seconds after its engine started is started again.
+    deploy_start_timeout: float = 600.0
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mxn.cli import accounting, admin, catalog, chips, client, models, moderation, serve
+from mxn.cli import accounting, admin, catalog, chips, client, deploy, engine, models, moderation, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mxn: M models on N chips behind one API.")
 app.command("serve")(serve.serve)
@@ -16,6 +16,11 @@ app.add_typer(moderation.app, name="moderation")
 app.add_typer(accounting.codes, name="codes")
 app.command("usage")(accounting.usage)
 app.command("chips")(chips.chips)
+app.command("engine")(engine.engine)
+app.command("deploy")(deploy.deploy)
+app.command("scale")(deploy.scale)
+app.command("undeploy")(deploy.undeploy)
+app.command("deployments")(deploy.deployments)
 app.command("chat")(client.chat)
 app.command("batch")(client.batch)
 app.command("bench")(client.bench)

@@ -16,6 +16,7 @@ from mxn.accounts.holds import Holds
 from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
+from mxn.deploy.controller import Controller
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import AuthThrottle, MemoryCounter
 from mxn.routing import Router
@@ -41,6 +42,7 @@ class AppState:
     alerts: Alerts = field(init=False)
     keys: KeyCache = field(init=False)
     holds: Holds = field(init=False)
+    deployments: Controller = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
 
@@ -76,6 +78,7 @@ class AppState:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.deployments.close()
         await self.keys.close()
         await self.alerts.close()
         await self.usage.close()  # a clean shutdown loses no usage record

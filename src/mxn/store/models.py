@@ -202,6 +202,25 @@ class Endpoint(Base):
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
     supports: Mapped[list[str] | None] = mapped_column(JSON)
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The replica number of a managed deployment's endpoint (`source='managed'`); None for the others.
+    replica: Mapped[int | None] = mapped_column(Integer)
+
+
+class ManagedDeployment(Base):
+    """A deployment whose replicas mxn launches (`mxn deploy`) and registers as its endpoints."""
+
+    __tablename__ = "managed_deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), unique=True)
+    engine: Mapped[str] = mapped_column(String(32))  # a launch recipe: vllm, sglang, llamacpp, ollama, mxn
+    source: Mapped[str] = mapped_column(String(512))  # what the engine loads: a path or a hub id
+    replicas: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[int] = mapped_column(Integer, default=1)  # per replica (tensor-parallel size)
+    memory_fraction: Mapped[float] = mapped_column(Float, default=0.9)
+    # deploying → running; removing while `mxn undeploy` is carried out
+    state: Mapped[str] = mapped_column(String(16), default="deploying")
+    created_cell: Mapped[bool] = mapped_column(Boolean, default=False)  # undeploy removes the cell it made
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ModerationRule(Base):

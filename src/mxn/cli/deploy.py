@@ -1,0 +1,165 @@
+"""`mxn deploy`, `mxn scale`, `mxn undeploy`, `mxn deployments`: managed deployments in the store; the running
+gateway's controller starts and stops the replicas (on this machine, or on Ray with MXN_RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from mxn import audit
+from mxn.cli.common import DatabaseUrl, database_url, run
+from mxn.deploy import service
+
+Chip = Annotated[str, typer.Option("--chip", help="chip type id: nvidia, amd, ascend, ..., cpu")]
+Wait = Annotated[float, typer.Option("--wait", help="seconds to wait for the gateway to carry it out (0: don't)")]
+
+
+def _split(model: str, chip: str | None) -> tuple[str, str]:
+    name, sep, at = model.partition("@")
+    if sep and chip and chip != at:
+        raise typer.BadParameter(f"{model} names chip {at}, --chip says {chip}")
+    if not (chip or at):
+        raise typer.BadParameter("say which chip: --chip C (or MODEL@CHIP)")
+    return name, chip or at
+
+
+def _list(db: str) -> list[dict[str, Any]]:
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        return await service.views(s)
+
+    return run(db, work)
+
+
+def _wait(db: str, name: str, seconds: float, done: Any) -> None:
+    """Poll the store until `done(view or None)`; exit 1 after `seconds` (is `mxn serve` running?)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        view = next((v for v in _list(db) if v["deployment"] == name), None)
+        if done(view):
+            return
+        if time.monotonic() > deadline:
+            state = view["state"] if view else "gone"
+            running = view["running"] if view else 0
+            typer.echo(
+                f"error: {name} is {state} ({running} running) after {seconds:g} s; is `mxn serve` up?", err=True
+            )
+            raise typer.Exit(1)
+        time.sleep(0.5)
+
+
+def deploy(
+    model: Annotated[str, typer.Argument(help="what the engine loads: a model directory, a GGUF file or a hub id")],
+    chip: Chip,
+    replicas: Annotated[int, typer.Option("--replicas", help="replicas to run")] = 1,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="vllm, sglang, llamacpp, ollama, mxn [mxn on cpu, else vllm]")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="served model name [the last part of MODEL]")] = None,
+    devices: Annotated[int, typer.Option("--devices", help="devices per replica (tensor-parallel size)")] = 1,
+    memory_fraction: Annotated[float, typer.Option("--memory-fraction", help="of each device's memory")] = 0.9,
+    kind: Annotated[str, typer.Option("--kind", help="chat, completion or embedding")] = "chat",
+    context_length: Annotated[int, typer.Option("--context-length")] = 4096,
+    wait: Wait = 0,
+    db: DatabaseUrl = None,
+) -> None:
+    """Run MODEL on CHIP with R replicas; each running replica becomes an endpoint of MODEL@CHIP."""
+    try:
+        req = service.DeployRequest(
+            source=model,
+            chip=chip,
+            replicas=replicas,
+            engine=engine,
+            name=name,
+            devices=devices,
+            memory_fraction=memory_fraction,
+            kind=kind,
+            context_length=context_length,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        typer.echo(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", err=True)
+        raise typer.Exit(2)
+
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await service.deploy(s, req)
+        audit.add(s, audit.cli_actor(), "deploy", f"managed:{row.id}", details=req.model_dump(exclude_none=True))
+        await s.commit()
+        return row
+
+    url = database_url(db)
+    row = run(url, work)
+    target = f"{req.name or service.served_name(model)}@{chip}"
+    typer.echo(f"deploying {target}: {replicas} replica(s) of {model} with {row.engine}")
+    if wait:
+        _wait(url, target, wait, lambda v: v is not None and v["running"] >= replicas)
+        typer.echo(f"{target} is running")
+
+
+def scale(
+    model: Annotated[str, typer.Argument(help="MODEL or MODEL@CHIP")],
+    replicas: Annotated[int, typer.Option("--replicas", help="replicas to run (0 stops them all)")],
+    chip: Annotated[str | None, typer.Option("--chip")] = None,
+    wait: Wait = 0,
+    db: DatabaseUrl = None,
+) -> None:
+    """Change how many replicas of a managed deployment run."""
+    name, chip_id = _split(model, chip)
+
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await service.scale(s, name, chip_id, replicas)
+        audit.add(s, audit.cli_actor(), "scale", f"managed:{row.id}", details={"replicas": replicas})
+        await s.commit()
+
+    url = database_url(db)
+    run(url, work)
+    typer.echo(f"{name}@{chip_id}: {replicas} replica(s)")
+    if wait:
+        _wait(
+            url,
+            f"{name}@{chip_id}",
+            wait,
+            lambda v: v is not None and len(v["instances"]) == replicas and v["running"] == replicas,
+        )
+
+
+def undeploy(
+    model: Annotated[str, typer.Argument(help="MODEL or MODEL@CHIP")],
+    chip: Annotated[str | None, typer.Option("--chip")] = None,
+    wait: Wait = 0,
+    db: DatabaseUrl = None,
+) -> None:
+    """Stop every replica of a managed deployment and remove its endpoints (and the cell, if deploy made it)."""
+    name, chip_id = _split(model, chip)
+
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await service.undeploy(s, name, chip_id)
+        audit.add(s, audit.cli_actor(), "undeploy", f"managed:{row.id}")
+        await s.commit()
+
+    url = database_url(db)
+    run(url, work)
+    typer.echo(f"undeploying {name}@{chip_id}")
+    if wait:
+        _wait(url, f"{name}@{chip_id}", wait, lambda v: v is None)
+        typer.echo(f"{name}@{chip_id} is gone")
+
+
+def deployments(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    db: DatabaseUrl = None,
+) -> None:
+    """List managed deployments and their replicas."""
+    data = _list(database_url(db))
+    if as_json:
+        typer.echo(orjson.dumps({"data": data}, option=orjson.OPT_INDENT_2).decode())
+        return
+    for v in data:
+        typer.echo(
+            f"{v['deployment']}\t{v['engine']}\t{v['state']}\t{v['running']}/{v['replicas']} running\t{v['source']}"
+        )
+        for r in v["instances"]:
+            typer.echo(f"  #{r['index']}\t{r['state']}\t{r['url']}")

@@ -1,0 +1,184 @@
+"""The deployment controller: makes what runs match what the store asks for.
+
+Every `interval` seconds the gateway that holds the lease reads `managed_deployments`, asks placement to start
+missing replicas and stop surplus ones (`mxn scale`, `mxn undeploy`), and writes each replica as an endpoint of its
+deployment (`source='managed'`, one row per replica number): its URL once it has one, and its state, so routing
+sends requests only to replicas that are running. A managed deployment is `deploying` until a replica runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mxn.deploy.leader import Lease
+from mxn.deploy.process import ReplicaSpec, ReplicaView
+from mxn.store.models import Deployment, Endpoint, ManagedDeployment
+
+log = logging.getLogger("mxn.deploy")
+
+
+class Placement(Protocol):
+    kind: str
+
+    async def ensure(self, spec: ReplicaSpec) -> None: ...
+
+    async def remove(self, deployment: str, index: int) -> None: ...
+
+    def deployments(self) -> list[str]: ...
+
+    async def replicas(self, deployment: str) -> list[ReplicaView]: ...
+
+    async def nodes(self) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class Controller:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        placement: Placement,
+        lease: Lease,
+        interval: float,
+        on_change: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.sessions = sessions
+        self.placement = placement
+        self.lease = lease
+        self.interval = interval
+        self.on_change = on_change
+        self.views: dict[str, list[ReplicaView]] = {}  # the last seen state of each deployment's replicas
+        self.errors: dict[str, str] = {}  # replicas that could not be placed, and why
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="mxn-deploy-controller")
+
+    def wake(self) -> None:
+        """Reconcile now rather than at the next tick (after a change made through this gateway)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                if await self.lease.acquire() and await self.reconcile():
+                    await self.on_change()
+            except Exception as exc:  # the next tick tries again
+                log.warning("deployment controller: %s: %s", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def reconcile(self) -> bool:
+        """One pass; True when an endpoint or a deployment's state changed."""
+        changed = False
+        async with self.sessions() as s:
+            rows = (await s.execute(select(ManagedDeployment, Deployment).join(Deployment))).all()
+            wanted = {f"{d.model}@{d.chip}": (m, d) for m, d in rows}
+            for key in self.placement.deployments():
+                if key not in wanted:  # its deployment was deleted outright
+                    await self._scale(key, None, 0)
+            for key, (m, d) in wanted.items():
+                count = 0 if m.state == "removing" else m.replicas
+                views = await self._scale(key, m, count)
+                self.views[key] = views
+                changed |= await self._register(s, d.id, views)
+                if m.state == "removing" and not views:
+                    await self._forget(s, m, d)
+                    self.views.pop(key, None)
+                    changed = True
+                    continue
+                state = "running" if any(v.state == "running" for v in views) else "deploying"
+                if m.state not in (state, "removing"):
+                    m.state = state
+                    changed = True
+            await s.commit()
+        return changed
+
+    async def _scale(self, key: str, m: ManagedDeployment | None, count: int) -> list[ReplicaView]:
+        model, _, chip = key.partition("@")
+        if m is not None:
+            for index in range(count):
+                spec = ReplicaSpec(key, index, m.engine, m.source, model, chip, m.devices, m.memory_fraction)
+                try:
+                    await self.placement.ensure(spec)
+                    self.errors.pop(spec.key, None)
+                except Exception as exc:
+                    if self.errors.get(spec.key) != str(exc):
+                        log.warning("replica %s cannot be placed: %s", spec.key, exc)
+                    self.errors[spec.key] = str(exc)
+        views = await self.placement.replicas(key)
+        for view in views:
+            if view.index >= count:
+                await self.placement.remove(key, view.index)
+        for index in range(count, count + 64):
+            self.errors.pop(f"{key}#{index}", None)
+        return [v for v in views if v.index < count]
+
+    async def _register(self, s: AsyncSession, deployment_id: int, views: list[ReplicaView]) -> bool:
+        rows = {
+            e.replica: e
+            for e in (
+                await s.execute(
+                    select(Endpoint).where(Endpoint.deployment_id == deployment_id, Endpoint.source == "managed")
+                )
+            ).scalars()
+        }
+        changed = False
+        for view in views:
+            row = rows.pop(view.index, None)
+            if view.url is None:  # not placed yet, or being placed again: nothing to route to
+                if row is not None and row.state != view.state:
+                    row.state, changed = view.state, True
+                continue
+            values = {"url": view.url, "upstream_model": view.upstream_model, "state": view.state}
+            if row is None:
+                s.add(
+                    Endpoint(
+                        deployment_id=deployment_id, source="managed", replica=view.index, engine="openai", **values
+                    )
+                )
+                changed = True
+            elif any(getattr(row, k) != v for k, v in values.items()):
+                for k, v in values.items():
+                    setattr(row, k, v)
+                changed = True
+        for row in rows.values():
+            await s.delete(row)
+            changed = True
+        return changed
+
+    async def _forget(self, s: AsyncSession, m: ManagedDeployment, d: Deployment) -> None:
+        """The end of `mxn undeploy`: its row goes, and the cell too if deploy made it and nothing else serves it."""
+        await s.delete(m)
+        if m.created_cell:
+            others = (await s.execute(select(func.count()).where(Endpoint.deployment_id == d.id))).scalar_one()
+            if not others:
+                await s.execute(delete(Deployment).where(Deployment.id == d.id))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.placement.close()
+        await self.lease.release()
+
+
+def make_placement(ray_address: str | None, log_dir: Path, start_timeout: float) -> Placement:
+    """On the Ray cluster at `ray_address`; without one, on this machine."""
+    if ray_address:
+        from mxn.deploy.on_ray import RayPlacement  # Ray is imported only where it is used
+
+        return RayPlacement(ray_address, log_dir)
+    from mxn.deploy.local import LocalPlacement
+
+    return LocalPlacement(log_dir, start_timeout)

@@ -1,0 +1,138 @@
+"""One engine process: started from a rendered recipe, health-checked, stopped with its whole process group.
+Local placement runs it in the gateway's machine; a Ray replica actor runs it on its node."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mxn.deploy.recipes import Launch
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """What one replica of a managed deployment runs."""
+
+    deployment: str  # model@chip
+    index: int
+    engine: str  # recipe name
+    source: str  # what the engine loads
+    name: str  # the served model name
+    chip: str
+    devices: int = 1
+    memory_fraction: float = 0.9
+
+    @property
+    def key(self) -> str:
+        return f"{self.deployment}#{self.index}"
+
+
+@dataclass(slots=True)
+class ReplicaView:
+    """A replica as placement sees it; `url` is the engine's OpenAI base URL once it has one."""
+
+    index: int
+    state: str  # deploying, running, unhealthy, stopped
+    url: str | None = None
+    upstream_model: str | None = None
+    node: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    detail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "state": self.state,
+            "url": self.url,
+            "node": self.node,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "detail": self.detail,
+        }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: its own process group, and SIGTERM when the process that started it dies
+    (Linux), so that a killed supervisor or Ray worker leaves no engine behind."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EngineProcess:
+    def __init__(self, launch: Launch, log: Path | None = None) -> None:
+        self.launch = launch
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out: Any = subprocess.DEVNULL
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            out = self.log.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.launch.argv,
+                env={**os.environ, **self.launch.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        return self.proc.poll() if self.proc else -1
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            with urllib.request.urlopen(self.launch.health_url, timeout=timeout) as r:
+                return bool(r.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def tail(self, size: int = 2000) -> str:
+        """The end of the process's log, to say why it failed."""
+        if self.log is None or not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
+            return f.read().decode(errors="replace").strip()
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -1,0 +1,107 @@
+"""Engine launch recipes (`recipes.yaml`): how to start vLLM, SGLang, llama.cpp, Ollama or the embedded engine
+on a chip's devices. Rendering one gives the argv, the environment and the URLs of one replica."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mxn.errors import InvalidRequest
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Recipe(_Strict):
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+    health: str = "/health"
+    base: str = "/v1"
+    upstream_model: str = "{name}"
+    chips: list[str]
+
+
+class ChipRule(_Strict):
+    visible: str | None  # e.g. CUDA_VISIBLE_DEVICES; None: the chip has no such variable (the CPU)
+    device: str | None  # the torch device of the embedded engine; None: it cannot run there
+
+
+class Recipes(_Strict):
+    engines: dict[str, Recipe]
+    chips: dict[str, ChipRule]
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One replica's process: what to run, with which environment, and where it will answer."""
+
+    argv: list[str]
+    env: dict[str, str]
+    health_url: str
+    base_url: str
+    upstream_model: str
+
+
+@cache
+def load(path: str | None = None) -> Recipes:
+    text = Path(path).read_text() if path else resources.files("mxn.deploy").joinpath("recipes.yaml").read_text()
+    return Recipes.model_validate(yaml.safe_load(text))
+
+
+def check(engine: str, chip: str, recipes: Recipes | None = None) -> Recipe:
+    """The recipe of `engine`, if it runs on `chip`; else a 400 naming what would."""
+    book = recipes or load()
+    recipe = book.engines.get(engine)
+    if recipe is None:
+        raise InvalidRequest(f"unknown engine '{engine}'; known: {', '.join(sorted(book.engines))}", param="engine")
+    if chip not in recipe.chips:
+        raise InvalidRequest(f"engine '{engine}' does not run on chip '{chip}'; it runs on: {', '.join(recipe.chips)}")
+    return recipe
+
+
+def render(
+    engine: str,
+    *,
+    chip: str,
+    model: str,
+    name: str,
+    port: int,
+    devices: list[int] | None = None,
+    host: str = "127.0.0.1",
+    memory_fraction: float = 0.9,
+    recipes: Recipes | None = None,
+) -> Launch:
+    """The launch of one replica of `engine` serving `model` as `name` on `devices` of `chip`."""
+    book = recipes or load()
+    recipe = check(engine, chip, book)
+    rule = book.chips.get(chip, ChipRule(visible=None, device=None))
+    devices = devices or []
+    values: dict[str, Any] = {
+        "model": model,
+        "name": name,
+        "host": host,
+        "port": port,
+        "tp": max(len(devices), 1),
+        "memory_fraction": memory_fraction,
+        "device": rule.device or "cpu",
+        "python": sys.executable,
+    }
+    env = {k: v.format(**values) for k, v in recipe.env.items()}
+    if rule.visible:
+        env[rule.visible] = ",".join(str(d) for d in devices)
+    address = f"http://{host}:{port}"
+    return Launch(
+        [part.format(**values) for part in recipe.command],
+        env,
+        address + recipe.health,
+        address + recipe.base,
+        recipe.upstream_model.format(**values),
+    )

@@ -1,0 +1,111 @@
+"""`mxn engine`: the embedded engine as an OpenAI-compatible server of its own, so that launch recipes can start
+it on a node's devices like vLLM or llama.cpp. One model per process; the gateway in front does accounts,
+limits and moderation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from mxn.engines import EndpointConfig
+from mxn.engines.local.engine import LocalEngine
+from mxn.errors import InvalidRequest, MxnError, ServiceUnavailable
+from mxn.gateway.normalize import finish_reason, new_id
+from mxn.gateway.responses import error_response, json_response
+
+
+class EngineServer:
+    def __init__(self, path: str, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+        self.created = int(time.time())
+        # The engine makes no HTTP calls of its own: it needs no client session.
+        self.engine = LocalEngine(EndpointConfig(id=0, engine="local", path=path, options=options), None)  # type: ignore[arg-type]
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/health", self.health),
+            Route("/v1/models", self.models),
+            Route("/v1/chat/completions", self.generate, methods=["POST"]),
+            Route("/v1/completions", self.generate, methods=["POST"]),
+            Route("/v1/embeddings", self.generate, methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={MxnError: _on_error})
+
+    async def health(self, _request: Request) -> Response:
+        if not self.engine.ready:
+            return error_response(ServiceUnavailable("the model is loading", code="loading"))
+        if self.engine.failed:
+            return error_response(ServiceUnavailable("the model failed to load", code="engine_load_failed"))
+        return json_response({"status": "ok", "model": self.name, **self.engine.stats()})
+
+    async def models(self, _request: Request) -> Response:
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "mxn"}
+        return json_response({"object": "list", "data": [card]})
+
+    async def generate(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON")
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body is a JSON object")
+        route = request.url.path.removeprefix("/v1/")
+        if route == "embeddings":
+            data = await self.engine.call(route, body)
+            return json_response({**data, "model": self.name})
+        envelope = _Envelope(route == "chat/completions", self.name)
+        if body.get("stream"):
+            stream = await self.engine.open_stream(route, body)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(envelope.events(stream, usage), media_type="text/event-stream")
+        return json_response(envelope.complete(await self.engine.call(route, body)))
+
+
+class _Envelope:
+    """The OpenAI fields around the engine's choices: id, object, created, model."""
+
+    def __init__(self, chat: bool, model: str) -> None:
+        self.chat, self.model = chat, model
+        self.id, self.created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+
+    def _wrap(self, data: dict[str, Any], obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, **data}
+
+    def complete(self, data: dict[str, Any]) -> dict[str, Any]:
+        for choice in data["choices"]:
+            choice.setdefault("logprobs", None)
+        return self._wrap(data, "chat.completion" if self.chat else "text_completion")
+
+    async def events(self, stream: Any, include_usage: bool) -> AsyncIterator[bytes]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        try:
+            async for chunk in stream:
+                if not chunk["choices"]:
+                    if include_usage:
+                        yield _sse(self._wrap(chunk, obj))
+                    continue
+                for choice in chunk["choices"]:
+                    choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
+                    choice.setdefault("logprobs", None)
+                yield _sse(self._wrap(chunk, obj))
+        except MxnError as exc:  # the status line is gone: the error travels as an event
+            yield _sse(exc.body())
+        finally:
+            await stream.aclose()
+        yield b"data: [DONE]\n\n"
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _on_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MxnError)
+    return error_response(exc)
