@@ -67,8 +67,15 @@ class Router:
         if h is None:
             h = self.health[endpoint.id] = Health(endpoint, (cell.model.name, cell.chip.id, str(endpoint.id)))
         elif h.endpoint is not endpoint:
-            # A catalogue reload made a new EndpointInfo for the same endpoint: the counters carry on.
+            # A catalogue reload made a new EndpointInfo for the same endpoint: the counters carry on, but what
+            # was learnt of an old address (a managed replica placed again elsewhere) says nothing of the new one.
+            moved = h.endpoint.row != endpoint.row
             h.endpoint = endpoint
+            if moved:
+                h.healthy, h.failures, h.probing = True, 0, False
+                h.recent.clear()
+                if h.breaker != CLOSED:
+                    self._set(h, CLOSED, f"moved to {endpoint.row.get('url') or endpoint.row.get('path')}")
         return h
 
     def state(self, cell: Cell, endpoint: EndpointInfo) -> str:

@@ -1,0 +1,37 @@
+"""One controller at a time: the deployment lease on SQLite (a file lock) and PostgreSQL (an advisory lock)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mxn.deploy.leader import Lease
+from mxn.store.db import create_engine
+from tests.conftest import pg_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
+    else:
+        yield from pg_database()
+
+
+async def test_only_one_holder_until_it_lets_go(url: str, tmp_path: Path) -> None:
+    db_a, db_b = create_engine(url), create_engine(url)
+    a, b = Lease(db_a, url, str(tmp_path)), Lease(db_b, url, str(tmp_path))
+    try:
+        assert await a.acquire()
+        assert await a.acquire()  # holding it is not losing it
+        assert not await b.acquire()
+        await a.release()
+        assert await b.acquire()
+        assert not await a.acquire()
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.dispose()
+        await db_b.dispose()

@@ -1,0 +1,222 @@
+"""Managed deployments end to end: `mxn deploy` starts embedded-engine servers (`mxn engine`) as replicas, the
+gateway registers them and serves through them with the `openai` SDK; replicas that die come back; scale and
+undeploy stop them. Once on this machine (local placement), once on a two-node Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Proc, mxn, start_serve
+
+ADMIN = "adm-" + "d" * 28
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not {what} after {timeout} s")
+
+
+def _managed(gateway: Proc) -> list[dict[str, Any]]:
+    r = httpx.get(gateway.url + "/admin/managed", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return list(r.json()["data"])
+
+
+def _nodes(gateway: Proc) -> dict[str, Any]:
+    r = httpx.get(gateway.url + "/admin/nodes", headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _running(gateway: Proc, count: int) -> list[dict[str, Any]] | None:
+    data = _managed(gateway)
+    if len(data) == 1 and data[0]["state"] == "running" and data[0]["running"] == count:
+        instances = data[0]["instances"]
+        if len(instances) == count and all(i["state"] == "running" for i in instances):
+            return list(instances)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone too: it only waits for its parent to reap it
+        return f.read().split(") ")[1].startswith("Z")
+
+
+def _chat(client: openai.OpenAI, model: str) -> str:
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert r.choices[0].message.content
+    assert r.usage is not None and r.usage.completion_tokens > 0
+    return r.choices[0].message.content
+
+
+def _serve_through_every_replica(gateway: Proc, key: str, instances: list[dict[str, Any]]) -> None:
+    """Concurrent requests through the gateway (both route forms) reach every replica's engine."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    maas = openai.OpenAI(base_url=gateway.url + "/maas/mxn-demo/cpu", api_key=key, max_retries=0)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: _chat(client if i % 2 else maas, "mxn-demo"), range(12)))
+    assert len(answers) == 12
+    for instance in instances:
+        health = httpx.get(instance["url"].removesuffix("/v1") + "/health", timeout=5).json()
+        assert health["steps"] > 0, f"replica {instance['index']} served nothing"
+
+
+@pytest.fixture()
+def gateway_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "MXN_DEMO": "false",
+        "MXN_ADMIN_KEY": ADMIN,
+        "MXN_DATA_DIR": str(tmp_path / "data"),
+        "MXN_DEPLOY_INTERVAL": "0.5",
+        "MXN_HEALTH_INTERVAL": "1",
+        "MXN_CATALOG_REFRESH": "1",
+    }
+
+
+def _user_key(db: str) -> str:
+    mxn("users", "create", "deployer", database_url=db)
+    created = mxn("keys", "create", "--user", "deployer", "--rpm", "1000", "--rpd", "100000", database_url=db)
+    return created.stdout.strip().splitlines()[-1]
+
+
+def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[str, str]) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
+    gateway = start_serve(tmp_path / "serve.log", db, env=gateway_env)
+    try:
+        key = _user_key(db)
+        model_dir = str(demo_data_dir / "models" / "mxn-demo")
+        out = mxn("deploy", model_dir, "--chip", "cpu", "--replicas", "2", "--wait", "180", database_url=db)
+        assert "mxn-demo@cpu is running" in out.stdout
+        instances = _wait("running", lambda: _running(gateway, 2))
+        assert len({i["url"] for i in instances}) == 2
+        node = _nodes(gateway)
+        assert node["placement"] == "local" and node["leader"] is True
+        assert sorted(node["data"][0]["replicas"]) == ["mxn-demo@cpu#0", "mxn-demo@cpu#1"]
+        assert any(d["chip"] == "cpu" for d in node["data"][0]["devices"])
+        _serve_through_every_replica(gateway, key, instances)
+
+        # A replica's engine dies: the deployment keeps serving, and the replica comes back.
+        lost = instances[0]
+        os.kill(lost["pid"], signal.SIGKILL)
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        for _ in range(4):
+            _chat(client, "mxn-demo")
+        back = _wait("restarted", lambda: (r := _running(gateway, 2)) and r[0]["pid"] != lost["pid"] and r)
+        assert back[0]["restarts"] >= 1
+
+        mxn("scale", "mxn-demo@cpu", "--replicas", "1", "--wait", "60", database_url=db)
+        _wait("the surplus replica stopped", lambda: _gone(back[1]["pid"]), 30)
+        _chat(client, "mxn-demo")
+
+        # The gateway is killed outright: its engines die with it rather than linger.
+        kept = _running(gateway, 1)
+        assert kept is not None
+        gateway.popen.kill()
+        gateway.popen.wait(10)
+        _wait("the orphaned engine gone", lambda: _gone(kept[0]["pid"]), 30)
+        gateway = start_serve(tmp_path / "serve2.log", db, env=gateway_env)
+        _wait("running again after the gateway restarted", lambda: _running(gateway, 1))
+        _chat(client.with_options(base_url=gateway.url + "/v1"), "mxn-demo")
+
+        out = mxn("undeploy", "mxn-demo@cpu", "--wait", "60", database_url=db)
+        assert "is gone" in out.stdout
+        assert _managed(gateway) == []
+        r = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+        assert "mxn-demo" not in {m["id"] for m in r.json()["data"]}
+    finally:
+        gateway.stop()
+
+
+def test_deploy_refuses_bad_requests_and_changes_nothing(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
+    bad = [
+        (["deploy", "/m", "--chip", "cpu", "--engine", "tgi"], "unknown engine 'tgi'"),
+        (["deploy", "/m", "--chip", "biren", "--engine", "mxn"], "does not run on chip 'biren'"),
+        (["deploy", "/m", "--chip", "cpu", "--replicas", "0"], "replicas"),
+        (["scale", "nothing@cpu", "--replicas", "2"], "does not exist"),
+        (["undeploy", "nothing", "--chip", "cpu"], "does not exist"),
+    ]
+    for args, message in bad:
+        done = mxn(*args, database_url=db, check=False)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    listed = mxn("deployments", "--json", database_url=db)
+    assert json.loads(listed.stdout) == {"data": []}
+    mxn("deploy", "/m", "--chip", "cpu", "--name", "m", database_url=db)
+    again = mxn("deploy", "/m", "--chip", "cpu", "--name", "m", database_url=db, check=False)
+    assert again.returncode == 1 and "deployed already" in again.stderr
+
+
+@pytest.fixture()
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Two Ray nodes on this machine, each advertising room for two CPU replicas (`chip:cpu`), on loopback."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    # Ray would otherwise put its nodes on the machine's outward address; tests stay on 127.0.0.1.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    node = {"num_cpus": 1, "resources": {"chip:cpu": 2}, "node_ip_address": "127.0.0.1"}
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_ray_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[str, str], ray_cluster: Any) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
+    env = {**gateway_env, "MXN_RAY_ADDRESS": ray_cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    gateway = start_serve(tmp_path / "serve.log", db, env=env)
+    try:
+        key = _user_key(db)
+        model_dir = str(demo_data_dir / "models" / "mxn-demo")
+        mxn("deploy", model_dir, "--chip", "cpu", "--replicas", "2", "--wait", "240", database_url=db)
+        instances = _wait("running", lambda: _running(gateway, 2), 240)
+        nodes = _nodes(gateway)
+        assert nodes["placement"] == "ray"
+        assert [n["resources"]["chip:cpu"] for n in nodes["data"]] == [2.0, 2.0]
+        # Spread: one replica on each node.
+        assert sorted(len(n["replicas"]) for n in nodes["data"]) == [1, 1]
+        _serve_through_every_replica(gateway, key, instances)
+
+        # The node that is not the head goes away with its replica.
+        head = ray_cluster.head_node.node_id
+        worker = next(n for n in ray_cluster.worker_nodes)
+        lost = next(i for i in instances if i["node"] == worker.node_id)
+        ray_cluster.remove_node(worker)
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        for _ in range(4):
+            _chat(client, "mxn-demo")  # the surviving replica serves meanwhile
+        back = _wait(
+            "the lost replica placed again",
+            lambda: (r := _running(gateway, 2)) and all(i["node"] == head for i in r) and r,
+            240,
+        )
+        assert back[lost["index"]]["url"] != lost["url"]
+        _serve_through_every_replica(gateway, key, back)
+
+        mxn("undeploy", "mxn-demo@cpu", "--wait", "120", database_url=db)
+        assert _managed(gateway) == []
+        assert all(n["replicas"] == [] for n in _nodes(gateway)["data"] if n["alive"])
+    finally:
+        gateway.stop()

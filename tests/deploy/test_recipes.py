@@ -1,0 +1,72 @@
+"""Launch recipes render to the command, environment and URLs each engine needs, per chip."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from mxn.deploy import recipes
+from mxn.errors import InvalidRequest
+
+
+def test_vllm_on_two_nvidia_devices() -> None:
+    launch = recipes.render("vllm", chip="nvidia", model="Qwen/Qwen2-7B", name="qwen2-7b", port=9001, devices=[2, 3])
+    assert launch.argv[:3] == ["vllm", "serve", "Qwen/Qwen2-7B"]
+    assert launch.argv[launch.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert launch.argv[launch.argv.index("--served-model-name") + 1] == "qwen2-7b"
+    assert launch.argv[launch.argv.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert launch.env == {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert launch.base_url == "http://127.0.0.1:9001/v1"
+    assert launch.health_url == "http://127.0.0.1:9001/health"
+    assert launch.upstream_model == "qwen2-7b"
+
+
+@pytest.mark.parametrize(
+    ("engine", "chip", "variable"),
+    [
+        ("vllm", "ascend", "ASCEND_RT_VISIBLE_DEVICES"),
+        ("sglang", "amd", "HIP_VISIBLE_DEVICES"),
+        ("llamacpp", "moorethreads", "MUSA_VISIBLE_DEVICES"),
+    ],
+)
+def test_each_chip_gets_its_visibility_variable(engine: str, chip: str, variable: str) -> None:
+    launch = recipes.render(engine, chip=chip, model="m", name="m", port=1, devices=[1])
+    assert launch.env == {variable: "1"}
+
+
+def test_sglang_memory_fraction_and_tp() -> None:
+    launch = recipes.render(
+        "sglang", chip="nvidia", model="m", name="n", port=1, devices=[0, 1, 2, 3], memory_fraction=0.8
+    )
+    assert launch.argv[0] == sys.executable
+    assert launch.argv[launch.argv.index("--tp") + 1] == "4"
+    assert launch.argv[launch.argv.index("--mem-fraction-static") + 1] == "0.8"
+
+
+def test_ollama_serves_on_its_host_variable_and_names_the_model() -> None:
+    launch = recipes.render("ollama", chip="cpu", model="qwen2:7b", name="qwen2-7b", port=11500)
+    assert launch.argv == ["ollama", "serve"]
+    assert launch.env == {"OLLAMA_HOST": "127.0.0.1:11500"}
+    assert launch.health_url.endswith("/api/version")
+    assert launch.upstream_model == "qwen2:7b"
+
+
+def test_embedded_engine_on_cpu_has_no_visibility_variable() -> None:
+    launch = recipes.render("mxn", chip="cpu", model="/m/demo", name="demo", port=7000)
+    assert launch.argv[:4] == [sys.executable, "-m", "mxn", "engine"]
+    assert launch.argv[launch.argv.index("--device") + 1] == "cpu"
+    assert launch.env == {}
+
+
+def test_unknown_engine_and_wrong_chip_say_what_exists() -> None:
+    with pytest.raises(InvalidRequest, match="known: llamacpp, mxn, ollama, sglang, vllm"):
+        recipes.check("tgi", "nvidia")
+    with pytest.raises(InvalidRequest, match="does not run on chip 'biren'"):
+        recipes.check("mxn", "biren")
+
+
+def test_every_recipe_chip_has_a_chip_rule() -> None:
+    book = recipes.load()
+    for name, recipe in book.engines.items():
+        assert set(recipe.chips) <= set(book.chips), name
