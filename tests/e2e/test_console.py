@@ -7,6 +7,7 @@ stay free of errors.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -212,7 +213,7 @@ def test_profile_page(tab: Tab) -> None:
 def test_admin_pages_and_disabling_moderation_asks_first(tab: Tab, console: tuple[Server, str]) -> None:
     server, _ = console
     page = tab.open("admin")
-    for name in ("catalogue", "users", "codes", "alerts", "audit", "moderation"):
+    for name in ("catalogue", "nodes", "users", "codes", "alerts", "audit", "moderation"):
         page.get_by_role("tab", name=re.compile(name, re.I)).click()
         expect(page.get_by_role("tab", name=re.compile(name, re.I))).to_have_attribute("aria-selected", "true")
         page.wait_for_load_state("networkidle")
@@ -231,6 +232,27 @@ def test_admin_pages_and_disabling_moderation_asks_first(tab: Tab, console: tupl
         assert event["actor"] == "user:admin" and event["target"] == f"dep_id={dep['id']}"
     page.locator("button[data-deployment='glm-chat@nvidia']").click()  # back on: no question asked
     expect(page.locator("[data-state='glm-chat@nvidia']")).to_have_text("on")
+
+
+def test_nodes_tab_shows_chips_and_managed_replicas(tab: Tab, console: tuple[Server, str]) -> None:
+    """This machine's node with its CPU, and a managed deployment whose engine is not installed here: its replica
+    shows as unhealthy, saying why."""
+    server, _ = console
+    mxn("deploy", "/models/tiny.gguf", "--chip", "cpu", "--engine", "llamacpp", database_url=server.database_url)
+    try:
+        with server.admin() as admin:
+            for _ in range(60):  # the controller's first attempts (every 2 s)
+                managed = admin.get("/admin/managed").json()["data"]
+                if managed and managed[0]["instances"] and managed[0]["instances"][0]["detail"]:
+                    break
+                time.sleep(0.5)
+        page = tab.open("admin?tab=nodes")
+        expect(page.get_by_role("cell", name=re.compile(r"cpu #0"))).to_be_visible()
+        expect(page.locator("[data-managed='tiny.gguf@cpu']")).to_have_text("deploying")
+        expect(page.get_by_text(re.compile(r"#0 unhealthy .*cannot start"))).to_be_visible(timeout=15_000)
+        tab.shots("admin-nodes-managed")
+    finally:
+        mxn("undeploy", "tiny.gguf@cpu", "--wait", "30", database_url=server.database_url)
 
 
 def test_a_user_redeems_a_code_then_logs_out(console: tuple[Server, str], browser: Browser) -> None:

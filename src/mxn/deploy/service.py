@@ -118,14 +118,17 @@ async def views(s: AsyncSession, live: dict[str, list[Any]] | None = None) -> li
     out = []
     for m, d in rows:
         name = f"{d.model}@{d.chip}"
-        seen = {v.index: v for v in (live or {}).get(name, [])}
-        replicas = []
-        for e in endpoints.get(d.id, []):
-            replica: dict[str, Any] = {"index": e.replica, "endpoint": e.id, "state": e.state, "url": e.url}
-            if e.replica in seen:
-                v = seen[e.replica].view()
-                replica.update({k: v[k] for k in ("node", "pid", "restarts", "detail")})
-            replicas.append(replica)
+        # Registered replicas (endpoints), and on the gateway that places them, those not yet registered too.
+        by_index: dict[int, dict[str, Any]] = {
+            e.replica: {"index": e.replica, "endpoint": e.id, "state": e.state, "url": e.url}
+            for e in endpoints.get(d.id, [])
+            if e.replica is not None
+        }
+        for v in (live or {}).get(name, []):
+            seen = v.view()
+            replica = by_index.setdefault(v.index, {"index": v.index, "endpoint": None, "state": v.state, "url": v.url})
+            replica.update({k: seen[k] for k in ("node", "pid", "restarts", "detail")})
+        replicas = [by_index[i] for i in sorted(by_index)]
         out.append(
             {
                 "id": m.id,

@@ -26,7 +26,8 @@ const STRINGS = {
     nothing: "Nothing yet.", weight: "Weight", priority: "Priority", url: "URL or engine", rules: "Rule sets",
     keywords: "keywords", regexes: "regexes", scope: "Scope", global: "global", blocked: "blocked by moderation",
     loading: "Loading…", not_admin: "This page is for administrators.", bad_login: "Wrong user name or password.",
-    limits: "Limits", you: "You",
+    limits: "Limits", you: "You", nodes: "Nodes", node: "Node", placement: "Placement", replicas: "Replicas",
+    managed: "Managed deployments", engine: "Engine", instances: "Instances", source: "Source",
   },
   zh: {
     models: "模型广场", playground: "体验中心", compare: "M×N 对比", keys: "API 密钥", usage: "用量",
@@ -53,7 +54,8 @@ const STRINGS = {
     nothing: "暂无数据。", weight: "权重", priority: "优先级", url: "URL 或引擎", rules: "规则集",
     keywords: "关键词", regexes: "正则", scope: "范围", global: "全局", blocked: "已被内容审核拦截",
     loading: "加载中…", not_admin: "此页面仅限管理员。", bad_login: "用户名或密码错误。",
-    limits: "限额", you: "我",
+    limits: "限额", you: "我", nodes: "节点", node: "节点", placement: "调度方式", replicas: "副本",
+    managed: "托管部署", engine: "引擎", instances: "实例", source: "来源",
   },
 };
 

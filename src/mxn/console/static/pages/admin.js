@@ -30,6 +30,23 @@ const TABS = {
         [t("url"), (e) => e.url ?? e.engine], [t("state"), (e) => h("span", { class: `state-${e.effective_state ?? e.state}` },
           e.effective_state ?? e.state)], [t("weight"), (e) => e.weight], [t("priority"), (e) => e.priority]], eps));
   },
+  async nodes() {
+    const [{ placement, data: nodes }, { data: managed }] = await Promise.all([api("/admin/nodes"), api("/admin/managed")]);
+    const chips = (n) => (n.devices.length
+      ? n.devices.map((d) => `${d.chip} #${d.index} ${d.name}${d.memory_mib ? ` (${Math.round(d.memory_mib / 1024)} GiB)` : ""}`)
+      : Object.entries(n.resources).map(([k, v]) => `${k} ${v}`)).join(", ");
+    const badge = (state) => h("span", { class: `state-${state}` }, state);
+    return h("div", {},
+      h("p", {}, `${t("placement")}: ${placement}`),
+      table([[t("node"), (n) => n.id], [t("ip"), (n) => n.address ?? ""], [t("state"), (n) => badge(n.alive ? "running" : "stopped")],
+        [t("chips"), chips], [t("replicas"), (n) => n.replicas.join(", ")]], nodes),
+      h("h2", {}, t("managed")),
+      table([[t("deployments"), (m) => m.deployment], [t("engine"), (m) => m.engine], [t("source"), (m) => m.source],
+        [t("state"), (m) => h("span", { class: `state-${m.state}`, "data-managed": m.deployment }, m.state)],
+        [t("replicas"), (m) => `${m.running}/${m.replicas}`],
+        [t("instances"), (m) => h("div", {}, m.instances.map((i) => h("div", { title: i.detail ?? "" },
+          `#${i.index} `, badge(i.state), ` ${i.url ?? ""}${i.detail ? ` — ${i.detail.slice(0, 80)}` : ""}`)))]], managed));
+  },
   async users() {
     const [{ data: users }, { data: groups }] = await Promise.all([api("/admin/users"), api("/admin/groups")]);
     return h("div", {},
