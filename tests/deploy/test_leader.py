@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mxn.deploy.leader import Lease
+from mxn.deploy.leader import LOCK_ID, Lease
 from mxn.store.db import create_engine
 from tests.conftest import pg_database
 
@@ -28,6 +28,33 @@ async def test_only_one_holder_until_it_lets_go(url: str, tmp_path: Path) -> Non
         assert await a.acquire()  # holding it is not losing it
         assert not await b.acquire()
         await a.release()
+        assert await b.acquire()
+        assert not await a.acquire()
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.dispose()
+        await db_b.dispose()
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    yield from pg_database()
+
+
+async def test_a_holder_whose_connection_died_finds_out(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL drops the lock with the connection: the old holder must not go on believing it leads."""
+    from sqlalchemy import text
+
+    db_a, db_b = create_engine(pg_url), create_engine(pg_url)
+    a, b = Lease(db_a, pg_url, str(tmp_path)), Lease(db_b, pg_url, str(tmp_path))
+    try:
+        assert await a.acquire()
+        async with db_b.connect() as conn:
+            await conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id"),
+                {"id": LOCK_ID},
+            )
         assert await b.acquire()
         assert not await a.acquire()
     finally:

@@ -39,7 +39,16 @@ class Lease:
         return Path(self.data_dir) / "controller.lock"
 
     async def acquire(self) -> bool:
-        if self.held:
+        """True while this process holds the lease; takes it when it is free."""
+        if self._conn is not None:
+            try:  # the lock lives as long as its connection: make sure that is still there
+                await self._conn.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
+        if self._file is not None:
             return True
         if is_sqlite(self.url):
             path = self._lock_path()
