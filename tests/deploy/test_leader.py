@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,11 +52,19 @@ async def test_a_holder_whose_connection_died_finds_out(pg_url: str, tmp_path: P
     try:
         assert await a.acquire()
         async with db_b.connect() as conn:
-            await conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id"),
+            killed = await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
                 {"id": LOCK_ID},
             )
-        assert await b.acquire()
+            assert killed.scalars().all() == [True]
+        for _ in range(100):  # the backend goes away, and its lock with it, shortly after it is told to
+            if await b.acquire():
+                break
+            await asyncio.sleep(0.05)
+        assert b.held
         assert not await a.acquire()
     finally:
         await a.release()
