@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,21 +22,28 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield from pg_database()
 
 
-async def test_only_one_holder_until_it_lets_go(url: str, tmp_path: Path) -> None:
+@asynccontextmanager
+async def two_gateways(url: str, data_dir: Path) -> AsyncIterator[tuple[Lease, Lease]]:
+    """The leases of two gateways on one store, each with its own connection pool."""
     db_a, db_b = create_engine(url), create_engine(url)
-    a, b = Lease(db_a, url, str(tmp_path)), Lease(db_b, url, str(tmp_path))
+    a, b = Lease(db_a, url, str(data_dir)), Lease(db_b, url, str(data_dir))
     try:
+        yield a, b
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.dispose()
+        await db_b.dispose()
+
+
+async def test_only_one_holder_until_it_lets_go(url: str, tmp_path: Path) -> None:
+    async with two_gateways(url, tmp_path) as (a, b):
         assert await a.acquire()
         assert await a.acquire()  # holding it is not losing it
         assert not await b.acquire()
         await a.release()
         assert await b.acquire()
         assert not await a.acquire()
-    finally:
-        await a.release()
-        await b.release()
-        await db_a.dispose()
-        await db_b.dispose()
 
 
 @pytest.fixture()
@@ -47,11 +55,9 @@ async def test_a_holder_whose_connection_died_finds_out(pg_url: str, tmp_path: P
     """PostgreSQL drops the lock with the connection: the old holder must not go on believing it leads."""
     from sqlalchemy import text
 
-    db_a, db_b = create_engine(pg_url), create_engine(pg_url)
-    a, b = Lease(db_a, pg_url, str(tmp_path)), Lease(db_b, pg_url, str(tmp_path))
-    try:
+    async with two_gateways(pg_url, tmp_path) as (a, b):
         assert await a.acquire()
-        async with db_b.connect() as conn:
+        async with b.db.connect() as conn:
             killed = await conn.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id"
@@ -66,8 +72,3 @@ async def test_a_holder_whose_connection_died_finds_out(pg_url: str, tmp_path: P
             await asyncio.sleep(0.05)
         assert b.held
         assert not await a.acquire()
-    finally:
-        await a.release()
-        await b.release()
-        await db_a.dispose()
-        await db_b.dispose()

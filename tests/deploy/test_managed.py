@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Proc, mxn, start_serve
+from tests.conftest import Proc, mxn, start_serve, wait_for
 
 ADMIN = "adm-" + "d" * 28
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not {what} after {timeout} s")
 
 
 def _managed(gateway: Proc) -> list[dict[str, Any]]:
@@ -107,7 +96,7 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         model_dir = str(demo_data_dir / "models" / "mxn-demo")
         out = mxn("deploy", model_dir, "--chip", "cpu", "--replicas", "2", "--wait", "180", database_url=db)
         assert "mxn-demo@cpu is running" in out.stdout
-        instances = _wait("running", lambda: _running(gateway, 2))
+        instances = wait_for(lambda: _running(gateway, 2), 120, "running")
         assert len({i["url"] for i in instances}) == 2
         node = _nodes(gateway)
         assert node["placement"] == "local" and node["leader"] is True
@@ -121,11 +110,11 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
         for _ in range(4):
             _chat(client, "mxn-demo")
-        back = _wait("restarted", lambda: (r := _running(gateway, 2)) and r[0]["pid"] != lost["pid"] and r)
+        back = wait_for(lambda: (r := _running(gateway, 2)) and r[0]["pid"] != lost["pid"] and r, 120, "restarted")
         assert back[0]["restarts"] >= 1
 
         mxn("scale", "mxn-demo@cpu", "--replicas", "1", "--wait", "60", database_url=db)
-        _wait("the surplus replica stopped", lambda: _gone(back[1]["pid"]), 30)
+        wait_for(lambda: _gone(back[1]["pid"]), 30, "the surplus replica stopped")
         _chat(client, "mxn-demo")
 
         # The gateway is killed outright: its engines die with it rather than linger.
@@ -133,9 +122,9 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         assert kept is not None
         gateway.popen.kill()
         gateway.popen.wait(10)
-        _wait("the orphaned engine gone", lambda: _gone(kept[0]["pid"]), 30)
+        wait_for(lambda: _gone(kept[0]["pid"]), 30, "the orphaned engine gone")
         gateway = start_serve(tmp_path / "serve2.log", db, env=gateway_env)
-        _wait("running again after the gateway restarted", lambda: _running(gateway, 1))
+        wait_for(lambda: _running(gateway, 1), 120, "running again after the gateway restarted")
         _chat(client.with_options(base_url=gateway.url + "/v1"), "mxn-demo")
 
         out = mxn("undeploy", "mxn-demo@cpu", "--wait", "60", database_url=db)
@@ -191,7 +180,7 @@ def test_ray_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[st
         key = _user_key(db)
         model_dir = str(demo_data_dir / "models" / "mxn-demo")
         mxn("deploy", model_dir, "--chip", "cpu", "--replicas", "2", "--wait", "240", database_url=db)
-        instances = _wait("running", lambda: _running(gateway, 2), 240)
+        instances = wait_for(lambda: _running(gateway, 2), 240, "running")
         nodes = _nodes(gateway)
         assert nodes["placement"] == "ray"
         assert [n["resources"]["chip:cpu"] for n in nodes["data"]] == [2.0, 2.0]
@@ -207,10 +196,10 @@ def test_ray_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[st
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
         for _ in range(4):
             _chat(client, "mxn-demo")  # the surviving replica serves meanwhile
-        back = _wait(
-            "the lost replica placed again",
+        back = wait_for(
             lambda: (r := _running(gateway, 2)) and all(i["node"] == head for i in r) and r,
             240,
+            "the lost replica placed again",
         )
         assert back[lost["index"]]["url"] != lost["url"]
         _serve_through_every_replica(gateway, key, back)

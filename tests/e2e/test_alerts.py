@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import Proc, Server, first_start_key, free_port, mxn, start_serve, start_upstream
+from tests.conftest import Proc, Server, first_start_key, free_port, mxn, start_serve, start_upstream, wait_for
 
 SECRET = "whsec-test-0123456789"
 KINDS = ("usage_spike", "new_ip", "quota_80", "quota_100", "endpoint_down")
@@ -75,16 +75,6 @@ class Webhook:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"not seen within {timeout}s")
 
 
 @pytest.fixture(scope="module")

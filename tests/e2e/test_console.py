@@ -7,14 +7,13 @@ stay free of errors.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, Server, first_start_key, mxn, start_serve, start_upstream
+from tests.conftest import ROOT, Server, first_start_key, mxn, start_serve, start_upstream, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "build" / "screenshots"
@@ -241,11 +240,12 @@ def test_nodes_tab_shows_chips_and_managed_replicas(tab: Tab, console: tuple[Ser
     mxn("deploy", "/models/tiny.gguf", "--chip", "cpu", "--engine", "llamacpp", database_url=server.database_url)
     try:
         with server.admin() as admin:
-            for _ in range(60):  # the controller's first attempts (every 2 s)
+
+            def failed_to_start() -> bool:  # the controller's first attempt (it looks every 2 s)
                 managed = admin.get("/admin/managed").json()["data"]
-                if managed and managed[0]["instances"] and managed[0]["instances"][0]["detail"]:
-                    break
-                time.sleep(0.5)
+                return bool(managed and managed[0]["instances"] and managed[0]["instances"][0]["detail"])
+
+            wait_for(failed_to_start, 30, "a replica that cannot start")
         page = tab.open("admin?tab=nodes")
         expect(page.get_by_role("cell", name=re.compile(r"cpu #0"))).to_be_visible()
         expect(page.locator("[data-managed='tiny.gguf@cpu']")).to_have_text("deploying")
