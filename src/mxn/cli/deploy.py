@@ -99,6 +99,19 @@ def deploy(
         typer.echo(f"{target} is running")
 
 
+def _change(db: str | None, action: str, change: Any, details: dict[str, Any] | None = None) -> str:
+    """Apply `change(session)` (which returns the managed row) to the store with its audit record; the store's URL."""
+
+    async def work(s, _secret):  # type: ignore[no-untyped-def]
+        row = await change(s)
+        audit.add(s, audit.cli_actor(), action, f"managed:{row.id}", details=details)
+        await s.commit()
+
+    url = database_url(db)
+    run(url, work)
+    return url
+
+
 def scale(
     model: Annotated[str, typer.Argument(help="MODEL or MODEL@CHIP")],
     replicas: Annotated[int, typer.Option("--replicas", help="replicas to run (0 stops them all)")],
@@ -108,22 +121,11 @@ def scale(
 ) -> None:
     """Change how many replicas of a managed deployment run."""
     name, chip_id = _split(model, chip)
-
-    async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await service.scale(s, name, chip_id, replicas)
-        audit.add(s, audit.cli_actor(), "scale", f"managed:{row.id}", details={"replicas": replicas})
-        await s.commit()
-
-    url = database_url(db)
-    run(url, work)
-    typer.echo(f"{name}@{chip_id}: {replicas} replica(s)")
+    target = f"{name}@{chip_id}"
+    url = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas), {"replicas": replicas})
+    typer.echo(f"{target}: {replicas} replica(s)")
     if wait:
-        _wait(
-            url,
-            f"{name}@{chip_id}",
-            wait,
-            lambda v: v is not None and len(v["instances"]) == replicas and v["running"] == replicas,
-        )
+        _wait(url, target, wait, lambda v: v is not None and v["running"] == len(v["instances"]) == replicas)
 
 
 def undeploy(
@@ -134,18 +136,12 @@ def undeploy(
 ) -> None:
     """Stop every replica of a managed deployment and remove its endpoints (and the cell, if deploy made it)."""
     name, chip_id = _split(model, chip)
-
-    async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await service.undeploy(s, name, chip_id)
-        audit.add(s, audit.cli_actor(), "undeploy", f"managed:{row.id}")
-        await s.commit()
-
-    url = database_url(db)
-    run(url, work)
-    typer.echo(f"undeploying {name}@{chip_id}")
+    target = f"{name}@{chip_id}"
+    url = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id))
+    typer.echo(f"undeploying {target}")
     if wait:
-        _wait(url, f"{name}@{chip_id}", wait, lambda v: v is None)
-        typer.echo(f"{name}@{chip_id} is gone")
+        _wait(url, target, wait, lambda v: v is None)
+        typer.echo(f"{target} is gone")
 
 
 def deployments(

@@ -55,7 +55,7 @@ class Controller:
         self.interval = interval
         self.on_change = on_change
         self.views: dict[str, list[ReplicaView]] = {}  # the last seen state of each deployment's replicas
-        self.errors: dict[str, str] = {}  # replicas that could not be placed, and why
+        self.errors: dict[str, str] = {}  # replicas that could not be placed, and why (each logged once)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -119,8 +119,8 @@ class Controller:
         for view in views:
             if view.index >= count:
                 await self.placement.remove(key, view.index)
-        for index in range(count, count + 64):
-            self.errors.pop(f"{key}#{index}", None)
+        for surplus in [k for k in self.errors if k.rpartition("#")[0] == key and int(k.rpartition("#")[2]) >= count]:
+            del self.errors[surplus]
         return [v for v in views if v.index < count]
 
     async def _register(self, s: AsyncSession, deployment_id: int, views: list[ReplicaView]) -> bool:

@@ -36,7 +36,6 @@ class EngineReplica:
         devices = [int(i) for i in ids.get(RAY_NAMES.get(spec.chip, ""), [])]
         host = ray.util.get_node_ip_address()
         self.node = context.get_node_id()
-        self.restarted = context.was_current_actor_reconstructed
         launch = recipes.render(
             spec.engine,
             chip=spec.chip,
@@ -58,7 +57,6 @@ class EngineReplica:
             "upstream_model": self.process.launch.upstream_model,
             "node": self.node,
             "pid": self.process.pid,
-            "restarted": self.restarted,
             "state": "running" if healthy else ("deploying" if code is None else "unhealthy"),
             "detail": None if code is None else f"exited ({code}): {self.process.tail(300)}",
         }
@@ -154,7 +152,6 @@ class RayPlacement:
                     info["node"],
                     info["pid"],
                     detail=info["detail"],
-                    extra={"restarted": info["restarted"]},
                 )
             )
         return views

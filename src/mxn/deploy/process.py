@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class ReplicaView:
     pid: int | None = None
     restarts: int = 0
     detail: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         return {

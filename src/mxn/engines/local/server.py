@@ -14,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from mxn.config import get_settings
 from mxn.engines import EndpointConfig
 from mxn.engines.local.engine import LocalEngine
-from mxn.errors import InvalidRequest, MxnError, ServiceUnavailable
+from mxn.errors import MxnError, ServiceUnavailable
+from mxn.gateway.body import read_json
 from mxn.gateway.normalize import finish_reason, new_id
 from mxn.gateway.responses import error_response, json_response
 
@@ -24,6 +26,8 @@ from mxn.gateway.responses import error_response, json_response
 class EngineServer:
     def __init__(self, path: str, name: str, options: dict[str, Any]) -> None:
         self.name = name
+        settings = get_settings()  # the gateway's body limits (MXN_MAX_BODY_BYTES, MXN_MAX_JSON_DEPTH) hold here too
+        self.max_body_bytes, self.max_json_depth = settings.max_body_bytes, settings.max_json_depth
         self.created = int(time.time())
         # The engine makes no HTTP calls of its own: it needs no client session.
         self.engine = LocalEngine(EndpointConfig(id=0, engine="local", path=path, options=options), None)  # type: ignore[arg-type]
@@ -50,12 +54,7 @@ class EngineServer:
         return json_response({"object": "list", "data": [card]})
 
     async def generate(self, request: Request) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("the body is not valid JSON")
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body is a JSON object")
+        body = await read_json(request, self.max_body_bytes, self.max_json_depth)
         route = request.url.path.removeprefix("/v1/")
         if route == "embeddings":
             data = await self.engine.call(route, body)
