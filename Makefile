@@ -8,7 +8,7 @@ CATALOG ?=
 # CPU build by default; on a GPU machine: make serve TORCH=torch (or a CUDA/ROCm wheel of your choice).
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test lint demo clean browser bench
+.PHONY: serve test lint demo clean system-deps bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,14 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-# The console's browser tests drive Debian's chromium (with CJK fonts for the Chinese pages).
+# What the tests drive besides Python: Debian's chromium for the console (with CJK fonts for the Chinese
+# pages), and nginx as the load balancer of compose.yaml.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-browser:
-	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || \
-	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium fonts-noto-cjk; }
+system-deps:
+	@command -v chromium >/dev/null && command -v nginx >/dev/null && fc-list :lang=zh | grep -q . || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium fonts-noto-cjk nginx-light; }
 
-test: lint browser
+test: lint system-deps
 	$(BIN)/pytest -q
 
 # Benchmarks print and save JSON under bench/results/; none of them is part of `make test`.

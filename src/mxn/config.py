@@ -12,7 +12,8 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./mxn.db"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MXN_", extra="ignore")
+    # An empty variable means unset, as `${MXN_ADMIN_KEY:-}` in a compose file gives it: never an empty admin key.
+    model_config = SettingsConfigDict(env_prefix="MXN_", extra="ignore", env_ignore_empty=True)
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -75,7 +76,8 @@ class Settings(BaseSettings):
     alert_spike_min_tokens: int = 10_000
     alert_interval: float = 60.0
     # Managed deployments (`mxn deploy`): replicas run on this machine, or on the Ray cluster at this address
-    # (`host:port` of its head); one gateway at a time places them, checking every deploy_interval seconds.
+    # (`host:port` of its head from a node of the cluster, `ray://head:10001` from outside it); one gateway at
+    # a time places them, checking every deploy_interval seconds.
     ray_address: str | None = None
     deploy_interval: float = 2.0
     # A replica that is not healthy this many seconds after its engine started is started again.

@@ -84,3 +84,8 @@ def test_mxn_chips_json() -> None:
     out = subprocess.run([sys.executable, "-m", "mxn", "chips", "--json"], capture_output=True, text=True, check=True)
     body = json.loads(out.stdout)
     assert body["devices"][-1]["chip"] == "cpu" and body["ray_resources"]["chip:cpu"] == 1
+    # What `ray start --resources` takes, and nothing else on stdout.
+    out = subprocess.run(
+        [sys.executable, "-m", "mxn", "chips", "--ray-resources"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == body["ray_resources"]

@@ -12,9 +12,17 @@ from rich.table import Table
 from mxn.chips.detect import detect, ray_resources
 
 
-def chips(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def chips(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray-resources", help="print only the Ray resources, for `ray start --resources`")
+    ] = False,
+) -> None:
     """List this machine's devices: chip type, name, memory, utilisation, and the Ray resources they make."""
     devices = detect()
+    if ray:
+        typer.echo(orjson.dumps(ray_resources(devices)).decode())
+        return
     if as_json:
         body = {"devices": [d.view() for d in devices], "ray_resources": ray_resources(devices)}
         typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())

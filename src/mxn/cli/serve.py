@@ -61,7 +61,7 @@ def serve(
             )
         return await _first_start(s, secret)
 
-    first = run(settings.database_url, prepare)
+    first = run(settings.database_url, prepare, startup=True)
     base = f"http://{settings.host}:{settings.port}"
     if first:
         password, key = first

@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mxn.store.db import is_sqlite
+from mxn.store.locks import lock_path
 
 LOCK_ID = 0x6D786E64  # "mxnd"
 
@@ -32,12 +31,6 @@ class Lease:
     def held(self) -> bool:
         return self._file is not None or self._conn is not None
 
-    def _lock_path(self) -> Path:
-        database = make_url(self.url).database
-        if database and database != ":memory:":
-            return Path(database + ".controller.lock")
-        return Path(self.data_dir) / "controller.lock"
-
     async def acquire(self) -> bool:
         """True while this process holds the lease; takes it when it is free."""
         if self._conn is not None:
@@ -51,7 +44,7 @@ class Lease:
         if self._file is not None:
             return True
         if is_sqlite(self.url):
-            path = self._lock_path()
+            path = lock_path(self.url, self.data_dir, "controller")
             path.parent.mkdir(parents=True, exist_ok=True)
             f = path.open("a")
             try:
