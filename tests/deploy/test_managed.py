@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Proc, mxn, start_serve, wait_for
+from tests.conftest import Proc, free_port, mxn, start_serve, wait_for
 
 ADMIN = "adm-" + "d" * 28
 
@@ -158,12 +158,15 @@ def test_deploy_refuses_bad_requests_and_changes_nothing(tmp_path: Path) -> None
 
 @pytest.fixture()
 def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Two Ray nodes on this machine, each advertising room for two CPU replicas (`chip:cpu`), on loopback."""
+    """Two Ray nodes on this machine, each advertising room for two CPU replicas (`chip:cpu`), on loopback; the
+    head also listens for Ray clients (`ray://`), as a gateway outside the cluster reaches it."""
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     # Ray would otherwise put its nodes on the machine's outward address; tests stay on 127.0.0.1.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     node = {"num_cpus": 1, "resources": {"chip:cpu": 2}, "node_ip_address": "127.0.0.1"}
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    head = {**node, "include_dashboard": False, "ray_client_server_port": free_port()}
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head)
+    cluster.client_address = f"ray://127.0.0.1:{head['ray_client_server_port']}"
     cluster.add_node(**node)
     cluster.wait_for_nodes()
     try:
@@ -172,9 +175,14 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         cluster.shutdown()
 
 
-def test_ray_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[str, str], ray_cluster: Any) -> None:
+@pytest.mark.parametrize("via", ["gcs", "client"])
+def test_ray_placement(
+    tmp_path: Path, demo_data_dir: Path, gateway_env: dict[str, str], ray_cluster: Any, via: str
+) -> None:
+    """The gateway on a node of the cluster (`host:port`), or outside it as a Ray client (`ray://host:port`)."""
     db = f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
-    env = {**gateway_env, "MXN_RAY_ADDRESS": ray_cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    address = ray_cluster.address if via == "gcs" else ray_cluster.client_address
+    env = {**gateway_env, "MXN_RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     gateway = start_serve(tmp_path / "serve.log", db, env=env)
     try:
         key = _user_key(db)
