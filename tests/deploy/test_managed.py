@@ -117,6 +117,18 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         wait_for(lambda: _gone(back[1]["pid"]), 30, "the surplus replica stopped")
         _chat(client, "mxn-demo")
 
+        # A replica that cannot be placed (no NVIDIA device here) is shown pending, with why.
+        mxn("deploy", "/models/big", "--chip", "nvidia", "--devices", "2", database_url=db)
+
+        def pending() -> dict[str, Any] | None:
+            big = next(m for m in _managed(gateway) if m["deployment"] == "big@nvidia")
+            return big if big["instances"] and big["instances"][0]["state"] == "pending" else None
+
+        big = wait_for(pending, 20, "the unplaceable replica pending")
+        assert big["state"] == "deploying" and big["running"] == 0
+        assert "needs 2 free nvidia device(s), this machine has 0" in big["instances"][0]["detail"]
+        mxn("undeploy", "big@nvidia", "--wait", "30", database_url=db)
+
         # The gateway is killed outright: its engines die with it rather than linger.
         kept = _running(gateway, 1)
         assert kept is not None

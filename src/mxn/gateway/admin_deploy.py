@@ -3,9 +3,12 @@ HTTP form of `mxn deploy|scale|undeploy|deployments`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from mxn.deploy import service
@@ -31,9 +34,14 @@ async def nodes(request: Request) -> Response:
     return json_response({"placement": controller.placement.kind, "leader": controller.lease.held, "data": data})
 
 
+async def _views(request: Request, s: AsyncSession) -> list[dict[str, Any]]:
+    controller = _state(request).deployments
+    return await service.views(s, controller.views, controller.errors)
+
+
 async def _view(request: Request, managed_id: int) -> dict[str, object]:
     async with _state(request).sessions() as s:
-        found = [v for v in await service.views(s, _state(request).deployments.views) if v["id"] == managed_id]
+        found = [v for v in await _views(request, s) if v["id"] == managed_id]
     if not found:
         raise NotFound(f"no managed deployment '{managed_id}'", code="managed_not_found")
     return found[0]
@@ -42,7 +50,7 @@ async def _view(request: Request, managed_id: int) -> dict[str, object]:
 @router.get("/managed")
 async def list_managed(request: Request) -> Response:
     async with _state(request).sessions() as s:
-        return json_response({"data": await service.views(s, _state(request).deployments.views)})
+        return json_response({"data": await _views(request, s)})
 
 
 @router.post("/managed", status_code=201)
