@@ -88,7 +88,9 @@ def test_bench_measures_each_cells_speed_and_ranks_them(server: Server, tmp_path
         for metric in ("ttft_ms", "tpot_ms", "itl_ms"):
             assert set(r[metric]) == {"mean", "p50", "p90", "p99"}
         expected = 20.0 if cell == "m@nvidia" else 40.0
-        assert abs(r["tpot_ms"]["p50"] - expected) <= 0.1 * expected, (cell, r["tpot_ms"])
+        # The upstream sleeps `expected` ms between tokens: never faster than that, a little slower when the
+        # machine is busy (timer overshoot on a loaded 2-core box reached 10% on a 20 ms pace).
+        assert 0.95 * expected <= r["tpot_ms"]["p50"] <= 1.2 * expected, (cell, r["tpot_ms"])
         assert r["output_throughput"] > 0 and r["request_throughput"] > 0
     for c in (1, 4):  # ranked right: the faster chip has the lower TPOT and the higher throughput
         assert rows[("m@nvidia", c)]["tpot_ms"]["p50"] < rows[("m@amd", c)]["tpot_ms"]["p50"]
