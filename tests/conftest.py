@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -54,15 +55,26 @@ class Proc:
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+                # Stuck: SIGABRT makes Python's faulthandler (PYTHONFAULTHANDLER, set by `start`) write every
+                # thread's stack to the log, so that a hang says where it hung.
+                self.popen.send_signal(signal.SIGABRT)
+                try:
+                    self.popen.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait(5)
 
 
 def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
     """Start a process and poll `ready_url` until it answers 200; dump its output if it never does."""
     handle = log.open("w")
     popen = subprocess.Popen(
-        cmd, stdout=handle, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+        cmd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
     )
     proc = Proc(popen, ready_url.rsplit("/", 1)[0], log)
     deadline = time.monotonic() + timeout

@@ -111,6 +111,6 @@ def test_usage_records_survive_a_clean_shutdown(tmp_path: Path, upstreams) -> No
                 assert r.status_code == 200
     finally:
         proc.stop()  # SIGTERM right away: the last batch must still be written
-    assert proc.popen.returncode == 0 and "Application shutdown complete" in proc.output()
+    assert proc.popen.returncode == 0 and "Application shutdown complete" in proc.output(), proc.output()
     rows = mxn("usage", "--format", "json", database_url=db).stdout
     assert rows.count('"status": 200') == 20
