@@ -195,10 +195,17 @@ def test_compare_two_cells_side_by_side(tab: Tab) -> None:
 
 def test_usage_chart_and_table(tab: Tab) -> None:
     page = tab.open("usage")
-    expect(page.locator("figure[data-chart] canvas").first).to_be_visible()
     rows = page.get_by_test_id("usage-table").locator("tbody tr")
-    expect(rows.first).to_be_visible()
-    assert rows.count() >= 4  # two playground turns and two compare answers
+
+    def four_rows() -> bool:  # usage is written in batches: the last answers may land a moment later
+        expect(rows.first).to_be_visible()
+        if rows.count() >= 4:
+            return True
+        page.reload()
+        return False
+
+    wait_for(four_rows, 20, "two playground turns and two compare answers in the table")
+    expect(page.locator("figure[data-chart] canvas").first).to_be_visible()
     expect(page.get_by_role("cell", name="biren").first).to_be_visible()
     tab.shots("usage")
 
