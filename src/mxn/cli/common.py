@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Annotated, TypeVar
 
 import typer
@@ -37,11 +37,8 @@ async def store(url: str, startup: bool = False) -> AsyncIterator[tuple[AsyncSes
     engine = create_engine(url)
     sessions = sessionmaker(engine)
     try:
-        async with AsyncExitStack() as stack:
-            if startup:
-                await stack.enter_async_context(
-                    exclusive(engine, url, get_settings().data_dir, "startup", STARTUP_LOCK_ID)
-                )
+        lock = exclusive(engine, url, get_settings().data_dir, "startup", STARTUP_LOCK_ID) if startup else nullcontext()
+        async with lock:
             secret = await load_secret(sessions, get_settings().secret)
             async with sessions() as s:
                 yield s, secret

@@ -84,14 +84,7 @@ def deploy(
         typer.echo(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", err=True)
         raise typer.Exit(2)
 
-    async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await service.deploy(s, req)
-        audit.add(s, audit.cli_actor(), "deploy", f"managed:{row.id}", details=req.model_dump(exclude_none=True))
-        await s.commit()
-        return row
-
-    url = database_url(db)
-    row = run(url, work)
+    url, row = _change(db, "deploy", lambda s: service.deploy(s, req), req.model_dump(exclude_none=True))
     target = f"{req.name or service.served_name(model)}@{chip}"
     typer.echo(f"deploying {target}: {replicas} replica(s) of {model} with {row.engine}")
     if wait:
@@ -99,17 +92,18 @@ def deploy(
         typer.echo(f"{target} is running")
 
 
-def _change(db: str | None, action: str, change: Any, details: dict[str, Any] | None = None) -> str:
-    """Apply `change(session)` (which returns the managed row) to the store with its audit record; the store's URL."""
+def _change(db: str | None, action: str, change: Any, details: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """Apply `change(session)` (which returns the managed row) to the store with its audit record; the store's URL
+    and the row."""
 
     async def work(s, _secret):  # type: ignore[no-untyped-def]
         row = await change(s)
         audit.add(s, audit.cli_actor(), action, f"managed:{row.id}", details=details)
         await s.commit()
+        return row
 
     url = database_url(db)
-    run(url, work)
-    return url
+    return url, run(url, work)
 
 
 def scale(
@@ -122,7 +116,7 @@ def scale(
     """Change how many replicas of a managed deployment run."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas), {"replicas": replicas})
+    url, _ = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas), {"replicas": replicas})
     typer.echo(f"{target}: {replicas} replica(s)")
     if wait:
         _wait(url, target, wait, lambda v: v is not None and v["running"] == len(v["instances"]) == replicas)
@@ -137,7 +131,7 @@ def undeploy(
     """Stop every replica of a managed deployment and remove its endpoints (and the cell, if deploy made it)."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id))
+    url, _ = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id))
     typer.echo(f"undeploying {target}")
     if wait:
         _wait(url, target, wait, lambda v: v is None)

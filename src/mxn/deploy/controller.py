@@ -55,7 +55,8 @@ class Controller:
         self.interval = interval
         self.on_change = on_change
         self.views: dict[str, list[ReplicaView]] = {}  # the last seen state of each deployment's replicas
-        self.errors: dict[str, str] = {}  # replicas that could not be placed, and why (each logged once)
+        # Per deployment, the replicas that could not be placed, by index, and why (each reason logged once).
+        self.unplaced: dict[str, dict[int, str]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -94,6 +95,7 @@ class Controller:
                 if m.state == "removing" and not views:
                     await self._forget(s, m, d)
                     self.views.pop(key, None)
+                    self.unplaced.pop(key, None)
                     changed = True
                     continue
                 state = "running" if any(v.state == "running" for v in views) else "deploying"
@@ -105,22 +107,23 @@ class Controller:
 
     async def _scale(self, key: str, m: ManagedDeployment | None, count: int) -> list[ReplicaView]:
         model, _, chip = key.partition("@")
+        unplaced = self.unplaced.setdefault(key, {})
         if m is not None:
             for index in range(count):
                 spec = ReplicaSpec(key, index, m.engine, m.source, model, chip, m.devices, m.memory_fraction)
                 try:
                     await self.placement.ensure(spec)
-                    self.errors.pop(spec.key, None)
+                    unplaced.pop(index, None)
                 except Exception as exc:
-                    if self.errors.get(spec.key) != str(exc):
+                    if unplaced.get(index) != str(exc):
                         log.warning("replica %s cannot be placed: %s", spec.key, exc)
-                    self.errors[spec.key] = str(exc)
+                    unplaced[index] = str(exc)
         views = await self.placement.replicas(key)
         for view in views:
             if view.index >= count:
                 await self.placement.remove(key, view.index)
-        for surplus in [k for k in self.errors if k.rpartition("#")[0] == key and int(k.rpartition("#")[2]) >= count]:
-            del self.errors[surplus]
+        for surplus in [i for i in unplaced if i >= count]:
+            del unplaced[surplus]
         return [v for v in views if v.index < count]
 
     async def _register(self, s: AsyncSession, deployment_id: int, views: list[ReplicaView]) -> bool:

@@ -106,7 +106,7 @@ async def undeploy(s: AsyncSession, model: str, chip: str) -> ManagedDeployment:
 
 
 async def views(
-    s: AsyncSession, live: dict[str, list[Any]] | None = None, unplaced: dict[str, str] | None = None
+    s: AsyncSession, live: dict[str, list[Any]] | None = None, unplaced: dict[str, dict[int, str]] | None = None
 ) -> list[dict[str, Any]]:
     """Every managed deployment with its replicas as registered (and, on the gateway that places them, as
     placement sees them, and those it could not place: `pending`, with why)."""
@@ -131,11 +131,9 @@ async def views(
             seen = v.view()
             replica = by_index.setdefault(v.index, {"index": v.index, "endpoint": None, "state": v.state, "url": v.url})
             replica.update({k: seen[k] for k in ("node", "pid", "restarts", "detail")})
-        for key, why in (unplaced or {}).items():
-            deployment, _, index = key.rpartition("#")
-            if deployment == name:
-                pending = {"index": int(index), "endpoint": None, "state": "pending", "url": None, "detail": why}
-                by_index.setdefault(int(index), pending)
+        for index, why in (unplaced or {}).get(name, {}).items():
+            pending = {"index": index, "endpoint": None, "state": "pending", "url": None, "detail": why}
+            by_index.setdefault(index, pending)
         replicas = [by_index[i] for i in sorted(by_index)]
         out.append(
             {

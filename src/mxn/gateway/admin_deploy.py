@@ -36,7 +36,7 @@ async def nodes(request: Request) -> Response:
 
 async def _views(request: Request, s: AsyncSession) -> list[dict[str, Any]]:
     controller = _state(request).deployments
-    return await service.views(s, controller.views, controller.errors)
+    return await service.views(s, controller.views, controller.unplaced)
 
 
 async def _view(request: Request, managed_id: int) -> dict[str, object]:
