@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +61,13 @@ class Proc:
                     self.popen.wait(5)
 
 
+def _die_with_test_run() -> None:
+    """In the child: SIGTERM when the test run that started it dies, even killed (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
     """Start a process and poll `ready_url` until it answers 200; dump its output if it never does."""
     handle = log.open("w")
@@ -70,6 +78,8 @@ def start(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None 
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
+        # Only from the main thread: the signal follows the thread that started the child, not the process.
+        preexec_fn=_die_with_test_run if threading.current_thread() is threading.main_thread() else None,
     )
     proc = Proc(popen, ready_url.rsplit("/", 1)[0], log)
     deadline = time.monotonic() + timeout

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     deploy_interval: float = 2.0
     # A replica that is not healthy this many seconds after its engine started is started again.
     deploy_start_timeout: float = 600.0
+    # Engines in virtual environments of their own (`make engines`): `<engines_dir>/<engine>/bin/python` runs a
+    # recipe's `{engine_python}`; an engine without one runs with the `python3` on PATH.
+    engines_dir: str = ".engines"
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:

@@ -100,7 +100,7 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         assert len({i["url"] for i in instances}) == 2
         node = _nodes(gateway)
         assert node["placement"] == "local" and node["leader"] is True
-        assert sorted(node["data"][0]["replicas"]) == ["mxn-demo@cpu#0", "mxn-demo@cpu#1"]
+        assert sorted(node["data"][0]["replicas"]) == ["mxn-demo@cpu/mxn#0", "mxn-demo@cpu/mxn#1"]
         assert any(d["chip"] == "cpu" for d in node["data"][0]["devices"])
         _serve_through_every_replica(gateway, key, instances)
 
@@ -165,7 +165,19 @@ def test_deploy_refuses_bad_requests_and_changes_nothing(tmp_path: Path) -> None
     assert json.loads(listed.stdout) == {"data": []}
     mxn("deploy", "/m", "--chip", "cpu", "--name", "m", database_url=db)
     again = mxn("deploy", "/m", "--chip", "cpu", "--name", "m", database_url=db, check=False)
-    assert again.returncode == 1 and "deployed already" in again.stderr
+    assert again.returncode == 1 and "runs on mxn already" in again.stderr
+    # A second engine in the same cell is welcome; then scale and undeploy must say which one.
+    mxn("deploy", "/m.gguf", "--chip", "cpu", "--name", "m", "--engine", "llamacpp", database_url=db)
+    both = {
+        (d["deployment"], d["engine"]) for d in json.loads(mxn("deployments", "--json", database_url=db).stdout)["data"]
+    }
+    assert both == {("m@cpu", "mxn"), ("m@cpu", "llamacpp")}
+    which = mxn("scale", "m@cpu", "--replicas", "2", database_url=db, check=False)
+    assert which.returncode != 0 and "say which one" in which.stderr and "llamacpp, mxn" in which.stderr
+    assert (
+        "(llamacpp): 2 replica(s)"
+        in mxn("scale", "m@cpu", "--replicas", "2", "--engine", "llamacpp", database_url=db).stdout
+    )
 
 
 @pytest.fixture()

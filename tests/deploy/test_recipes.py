@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,9 +11,13 @@ from mxn.deploy import recipes
 from mxn.errors import InvalidRequest
 
 
-def test_vllm_on_two_nvidia_devices() -> None:
-    launch = recipes.render("vllm", chip="nvidia", model="Qwen/Qwen2-7B", name="qwen2-7b", port=9001, devices=[2, 3])
-    assert launch.argv[:3] == ["vllm", "serve", "Qwen/Qwen2-7B"]
+def test_vllm_on_two_nvidia_devices(tmp_path: Path) -> None:
+    launch = recipes.render(
+        "vllm", chip="nvidia", model="Qwen/Qwen2-7B", name="qwen2-7b", port=9001, devices=[2, 3], engines_dir=tmp_path
+    )
+    # No venv of its own under the engines dir: the `python3` on PATH (an image with vLLM installed).
+    assert launch.argv[:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "Qwen/Qwen2-7B"]
+    assert launch.argv[launch.argv.index("--dtype") + 1] == "auto"
     assert launch.argv[launch.argv.index("--tensor-parallel-size") + 1] == "2"
     assert launch.argv[launch.argv.index("--served-model-name") + 1] == "qwen2-7b"
     assert launch.argv[launch.argv.index("--gpu-memory-utilization") + 1] == "0.9"
@@ -39,7 +44,7 @@ def test_sglang_memory_fraction_and_tp() -> None:
     launch = recipes.render(
         "sglang", chip="nvidia", model="m", name="n", port=1, devices=[0, 1, 2, 3], memory_fraction=0.8
     )
-    assert launch.argv[0] == sys.executable
+    assert launch.argv[0] == "python3"
     assert launch.argv[launch.argv.index("--tp") + 1] == "4"
     assert launch.argv[launch.argv.index("--mem-fraction-static") + 1] == "0.8"
 
@@ -57,6 +62,31 @@ def test_embedded_engine_on_cpu_has_no_visibility_variable() -> None:
     assert launch.argv[:4] == [sys.executable, "-m", "mxn", "engine"]
     assert launch.argv[launch.argv.index("--device") + 1] == "cpu"
     assert launch.env == {}
+
+
+def test_engines_run_from_their_own_venv_with_cpu_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    python = tmp_path / "vllm" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    launch = recipes.render("vllm", chip="cpu", model="/m", name="m", port=1, context_length=2048, engines_dir=tmp_path)
+    assert launch.argv[0] == str(python) and launch.python == str(python)
+    assert launch.argv[launch.argv.index("--dtype") + 1] == "bfloat16" and launch.dtype == "bfloat16"
+    assert launch.argv[launch.argv.index("--max-model-len") + 1] == "2048"
+    assert launch.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert launch.version.url == "/version" and launch.supports and "tools" in launch.supports
+    # The operator's own setting wins over the recipe's default.
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert recipes.render("vllm", chip="cpu", model="/m", name="m", port=1, engines_dir=tmp_path).env == {}
+
+
+def test_llamacpp_serves_a_gguf_file_it_has_converted(tmp_path: Path) -> None:
+    book = recipes.load()
+    assert book.engines["llamacpp"].prepare == "gguf"
+    launch = recipes.render("llamacpp", chip="cpu", model="/c/m.gguf", name="m", port=5, engines_dir=tmp_path)
+    assert launch.argv[1].endswith("/mxn/deploy/llamacpp_server.py") and launch.argv[2:4] == ["--model", "/c/m.gguf"]
+    assert launch.argv[launch.argv.index("--model_alias") + 1] == "m"
+    assert launch.version.package == "llama-cpp-python"
 
 
 def test_unknown_engine_and_wrong_chip_say_what_exists() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,19 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pexpect
 import pytest
 
-from tests.conftest import ROOT, Server, first_start_key, start_serve, start_upstream
+from mxn.client import bench as benchmark
+from tests.conftest import ROOT, Proc, Server, first_start_key, start_serve, start_upstream
 
 # The fake upstream sends one word per chunk, `--delay` seconds apart: 20 ms per token on nvidia, 40 on amd.
+# `cpu` is left free for the endpoint tests' own cell.
 CATALOG = """
+chips:
+  - {{id: cpu, name: CPU}}
 models:
   - {{name: m, context_length: 4096, tokenizer: "tiktoken:cl100k_base"}}
 deployments:
-  - {{model: m, chip: nvidia, endpoints: [{{url: "{fast}"}}]}}
+  - {{model: m, chip: nvidia, endpoints: [{{url: "{fast}"}}],
+     disclosure: {{engine: vllm, engine_version: 0.9.2, chip_model: H800, count: 8, dtype: bfloat16}}}}
   - {{model: m, chip: amd, endpoints: [{{url: "{slow}"}}]}}
 """
+NVIDIA_HARDWARE = {"engine": "vllm", "engine_version": "0.9.2", "chip_model": "H800", "count": 8, "dtype": "bfloat16"}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +45,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     db = f"sqlite+aiosqlite:///{tmp / 'mxn.db'}"
     proc = start_serve(tmp / "serve.log", db, "--catalog", str(tmp / "catalog.yaml"))
     try:
-        # The first-start key belongs to `admin`, in the `unlimited` group: no rate limit in the way.
-        yield Server(proc.url, first_start_key(proc.output()), "", db, proc, {})
+        # The first-start key belongs to `admin`, in the `unlimited` group: no rate limit in the way; being an
+        # admin's, it also serves /admin and may be pinned to an endpoint.
+        key = first_start_key(proc.output())
+        yield Server(proc.url, key, key, db, proc, {})
     finally:
         proc.stop()
         fast.stop()
@@ -51,10 +61,17 @@ def mxn_cmd(*args: str) -> list[str]:
 
 def bench(server: Server, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
     """`mxn bench` against the server, which must succeed; the bench.json it wrote."""
-    cmd = mxn_cmd("bench", "--base-url", server.url, "--api-key", server.key, *args, "--out", str(out))
+    return bench_at(server.url, server.key, out, *args, timeout=timeout)
+
+
+def bench_at(base_url: str, key: str, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
+    cmd = mxn_cmd("bench", "--base-url", base_url, "--api-key", key, *args, "--out", str(out))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return dict(json.loads((out / "bench.json").read_text()))
+
+
+QUICK = ("--concurrency", "1", "--num-prompts", "3", "--input-len", "8", "--output-len", "8")
 
 
 def test_bench_measures_each_cells_speed_and_ranks_them(server: Server, tmp_path: Path) -> None:
@@ -92,11 +109,15 @@ def test_bench_measures_each_cells_speed_and_ranks_them(server: Server, tmp_path
         # machine is busy (timer overshoot on a loaded 2-core box reached 10% on a 20 ms pace).
         assert 0.95 * expected <= r["tpot_ms"]["p50"] <= 1.2 * expected, (cell, r["tpot_ms"])
         assert r["output_throughput"] > 0 and r["request_throughput"] > 0
+        # The hardware as the server discloses it (the catalogue's `disclosure:`), none for amd; no endpoint pinned.
+        assert r["hardware"] == (NVIDIA_HARDWARE if cell == "m@nvidia" else {}) and r["endpoint"] is None
     for c in (1, 4):  # ranked right: the faster chip has the lower TPOT and the higher throughput
         assert rows[("m@nvidia", c)]["tpot_ms"]["p50"] < rows[("m@amd", c)]["tpot_ms"]["p50"]
         assert rows[("m@nvidia", c)]["output_throughput"] > rows[("m@amd", c)]["output_throughput"]
     assert rows[("m@nvidia", 4)]["output_throughput"] > 2 * rows[("m@nvidia", 1)]["output_throughput"]
-    assert "| m@amd | 4 |" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "| m@amd | — | 4 |" in report_md
+    assert "| m@nvidia | vllm 0.9.2 · H800 ×8 · bfloat16 | 4 |" in report_md
     for png in ("throughput.png", "ttft.png", "tpot.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -214,3 +235,143 @@ def test_bench_from_a_yaml_plan_at_a_poisson_rate(server: Server, tmp_path: Path
         cwd=ROOT,
     )
     assert refused.returncode == 2 and "concurency" in refused.stderr
+
+
+# --- JSON bodies are declared JSON: vLLM refuses anything else with 400, llama.cpp's server with 500 ---
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A fake upstream that, like vLLM, answers 400 to a POST not sent as `application/json`."""
+    proc = start_upstream(tmp_path_factory.mktemp("strict"), "sse", "--json-only")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_strict_fake_refuses_a_body_not_declared_json(strict: Proc) -> None:
+    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(f"{strict.url}/chat/completions", content=body, timeout=10)
+    assert r.status_code == 400 and "Only 'application/json' is allowed" in r.text
+    ok = httpx.post(f"{strict.url}/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert ok.status_code == 200
+
+
+def test_chat_sends_json_a_strict_server_accepts(strict: Proc) -> None:
+    done = subprocess.run(
+        mxn_cmd("chat", "--base-url", strict.url, "--api-key", "sk-any", "--model", "fake"),
+        input="hello there\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ai> echo(1): hello there" in done.stdout and "error" not in done.stdout, done.stdout
+
+
+def test_batch_sends_json_a_strict_server_accepts(strict: Proc, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) + "\n" for i in range(3)))
+    done = subprocess.run(
+        mxn_cmd("batch", str(src), str(out), "--base-url", strict.url, "--api-key", "sk-any", "--model", "fake"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = sorted(r["response"]["body"]["choices"][0]["message"]["content"] for r in map(json.loads, out.open()))
+    assert answers == ["echo(1): q0", "echo(1): q1", "echo(1): q2"]
+
+
+def test_bench_plain_sends_json_a_strict_server_accepts(strict: Proc, tmp_path: Path) -> None:
+    report = bench_at(strict.url, "sk-any", tmp_path / "bench", "--plain", "--cell", "fake", *QUICK, "--warmup", "1")
+    (row,) = report["results"]
+    assert row["completed"] == 3 and row["errors"] == 0, row["first_errors"]
+    # A plain OpenAI server discloses no hardware: its /models entry is all it says of itself.
+    assert row["hardware"] == {"owned_by": "fake"} and row["endpoint"] is None
+
+
+def test_bench_plain_against_mxn_v1_takes_the_hardware_from_its_model_list(server: Server, tmp_path: Path) -> None:
+    report = bench_at(f"{server.url}/v1", server.key, tmp_path / "bench", "--plain", "--cell", "m@nvidia", *QUICK)
+    (row,) = report["results"]
+    assert row["completed"] == 3 and row["hardware"] == NVIDIA_HARDWARE
+
+
+def test_bench_hardware_is_empty_with_a_note_when_the_server_will_not_say() -> None:
+    settings = benchmark.Settings(base_url="http://gateway.test", api_key="sk-x", cells=["m@nvidia"])
+    notes: list[str] = []
+
+    async def ask(answer: httpx.Response) -> dict[str, Any]:
+        transport = httpx.MockTransport(lambda _request: answer)
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await benchmark.hardware(settings, http, benchmark.Target("m@nvidia"), notes.append)
+
+    assert asyncio.run(ask(httpx.Response(500, text="boom"))) == {}
+    assert asyncio.run(ask(httpx.Response(200, text="not json"))) == {}
+    assert asyncio.run(ask(httpx.Response(200, json=["not", "a", "mapping"]))) == {}
+    assert len(notes) == 3 and all(n.startswith("m@nvidia: no hardware disclosure") for n in notes), notes
+
+
+# --- --endpoint: one cell measured through each of its endpoints in turn, each pinned by an admin key ---
+def _streams(upstream: Proc) -> int:
+    return int(httpx.get(upstream.url.removesuffix("/v1") + "/_streams", timeout=10).json()["completed"])
+
+
+def test_bench_endpoint_measures_each_pinned_endpoint_with_its_hardware(server: Server, tmp_path: Path) -> None:
+    one, two = start_upstream(tmp_path, "sse"), start_upstream(tmp_path, "sse")
+    # Two engines on the same chip, each with its own disclosure; the cell declares one for itself as a whole.
+    vllm = {"engine": "vllm", "engine_version": "0.9.2", "chip_model": "Xeon", "count": 2, "dtype": "bfloat16"}
+    llamacpp = {"engine": "llama.cpp", "engine_version": "b5000", "chip_model": "Xeon", "count": 1, "dtype": "q4_0"}
+    cell_wide = {"chip_model": "Xeon", "note": "two engines side by side"}
+    try:
+        # The second endpoint takes no traffic of its own (weight 0): only a pin reaches it.
+        endpoints = {"url": one.url, "hardware": vllm}, {"url": two.url, "weight": 0, "hardware": llamacpp}
+        with server.temporary_cell("m", "cpu", *endpoints) as dep, server.admin() as admin:
+            r = admin.patch(f"/admin/deployments/{dep['id']}", json={"disclosure": cell_wide})
+            assert r.status_code == 200, r.text
+            listed = admin.get("/admin/endpoints").json()["data"]
+            ids = {e["url"]: e["id"] for e in listed if e["deployment"] == "m@cpu"}
+            a, b = ids[one.url], ids[two.url]
+            # Unpinned, the cell answers for itself.
+            details = admin.post("/maas/m/cpu/get_model_details", json={}).json()
+            assert details["hardware"] == cell_wide
+            before = _streams(one), _streams(two)
+            out = tmp_path / "bench"
+            pins = ("--endpoint", str(a), "--endpoint", str(b))
+            report = bench(server, out, "--cell", "m@cpu", *pins, *QUICK, "--warmup", "1")
+            after = _streams(one), _streams(two)
+    finally:
+        one.stop()
+        two.stop()
+    rows = report["results"]
+    assert [(r["cell"], r["endpoint"]) for r in rows] == [("m@cpu", a), ("m@cpu", b)]
+    for r in rows:
+        assert r["completed"] == 3 and r["errors"] == 0, r["first_errors"]
+    assert rows[0]["hardware"] == {**vllm, "endpoint": a} and rows[1]["hardware"] == {**llamacpp, "endpoint": b}
+    # Each target's warm-up and prompts went to its own endpoint, and only there.
+    assert (after[0] - before[0], after[1] - before[1]) == (4, 4)
+    assert report["settings"]["endpoints"] == [a, b]
+    report_md = (out / "report.md").read_text()
+    assert f"| m@cpu #{a} | vllm 0.9.2 · Xeon ×2 · bfloat16 | 1 |" in report_md
+    assert f"| m@cpu #{b} | llama.cpp b5000 · Xeon ×1 · q4_0 | 1 |" in report_md
+
+
+def test_bench_endpoint_is_refused_with_several_cells_or_plain(tmp_path: Path) -> None:
+    two_cells = benchmark.Settings(base_url="http://x", api_key="sk-a", cells=["m@nvidia", "m@amd"], endpoints=[3])
+    with pytest.raises(ValueError, match="exactly one --cell"):
+        two_cells.check()
+    plain = benchmark.Settings(base_url="http://x", api_key="sk-a", cells=["m"], endpoints=[3], plain=True)
+    with pytest.raises(ValueError, match="--plain"):
+        plain.check()
+    keyless = benchmark.Settings(base_url="http://x", api_key=None, cells=["m@nvidia"], endpoints=[3])
+    with pytest.raises(ValueError, match="admin --api-key"):
+        keyless.check()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("cells: [m@nvidia]\nendpoints: [3, 7]\n")
+    assert benchmark.load_plan(plan)["endpoints"] == [3, 7]
+    args = ["--base-url", "http://127.0.0.1:9", "--api-key", "sk-a", "--endpoint", "3"]
+    refused = subprocess.run(
+        mxn_cmd("bench", *args, "--cell", "m@nvidia", "--cell", "m@amd"), capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "exactly one --cell" in refused.stderr, refused.stderr

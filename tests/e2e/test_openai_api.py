@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -105,17 +106,19 @@ def test_upstream_model_mapping_and_catalogue_defaults(server: Server) -> None:
     assert (sent["temperature"], sent["max_tokens"]) == (0.2, 5)
 
 
-def test_parameters_an_endpoint_does_not_support_are_dropped(server: Server) -> None:
-    r = maas(server, "chatglm3-6b", "nvidia").chat.completions.create(
-        model="chatglm3-6b",
-        messages=[{"role": "user", "content": "x"}],
-        presence_penalty=0.5,
-        seed=7,
-        extra_body={"top_k": 20},
-    )
+def test_parameters_an_endpoint_does_not_support_get_a_400_naming_them(server: Server) -> None:
+    client = maas(server, "chatglm3-6b", "nvidia")
+    r = client.chat.completions.create(model="chatglm3-6b", messages=[{"role": "user", "content": "x"}], seed=7)
     assert r.choices[0].message.content == "echo(1): x"
     sent = last_upstream_body(server, "strict")
-    assert "top_k" not in sent and "presence_penalty" not in sent and sent["seed"] == 7
+    assert sent["seed"] == 7 and "stream_options" not in sent
+    for name, extra in (("top_k", {"top_k": 20}), ("presence_penalty", {"presence_penalty": 0.5}), ("n", {"n": 2})):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="chatglm3-6b", messages=[{"role": "user", "content": "x"}], temperature=1, extra_body=extra
+            )
+        err = caught.value.body
+        assert isinstance(err, dict) and (err["param"], err["code"]) == (name, "unsupported_parameter"), err
 
 
 def test_unknown_fields_are_forwarded(server: Server) -> None:

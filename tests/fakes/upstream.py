@@ -3,6 +3,7 @@
 Modes: `sse` (a well-behaved vLLM), `jsonl` (GenStudio's bare JSON lines: no `data:`, no [DONE],
 `object`/`created` only on the last chunk), `nousage` (no usage, id or created; odd finish_reason),
 `fail` (500 on every generation), `busy` (429 with Retry-After), `dies` (a stream that breaks off after two chunks).
+With `--json-only`, in any mode, a POST whose body is not declared `application/json` gets vLLM's 400.
 GET /_last returns the last request body it received, so tests can see what the gateway forwarded;
 GET /_streams counts streams sent to the end and streams the client closed early.
 A user message `reverse: TEXT` is answered with TEXT reversed (an answer the question does not contain).
@@ -27,12 +28,22 @@ from starlette.routing import Route
 MODE = "sse"
 REJECT: set[str] = set()
 DELAY = 0.0
+JSON_ONLY = False
 LAST: dict[str, Any] = {}
 STREAMS = {"completed": 0, "cancelled": 0}
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _not_json(request: Request) -> Response | None:
+    """vLLM's answer to a body not declared JSON (its `validate_json_request`), when `--json-only` is on."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not JSON_ONLY or media_type == "application/json":
+        return None
+    message = "Unsupported Media Type: Only 'application/json' is allowed"
+    return _json({"error": {"message": message, "type": "BadRequestError", "code": 400}}, 400)
 
 
 def _reply(body: dict[str, Any]) -> str:
@@ -51,6 +62,8 @@ def _pieces(text: str) -> list[str]:
 
 
 async def generate(request: Request) -> Response:
+    if refused := _not_json(request):
+        return refused
     body = orjson.loads(await request.body())
     LAST.clear()
     LAST.update(body)
@@ -148,6 +161,8 @@ async def _stream_parts(body: dict[str, Any], chat: bool, text: str, usage: dict
 
 
 async def embeddings(request: Request) -> Response:
+    if refused := _not_json(request):
+        return refused
     body = orjson.loads(await request.body())
     LAST.clear()
     LAST.update(body)
@@ -183,6 +198,8 @@ async def streams(_request: Request) -> Response:
 
 
 async def moderations(request: Request) -> Response:
+    if refused := _not_json(request):
+        return refused
     text = orjson.loads(await request.body()).get("input", "")
     return _json({"id": "modr-1", "results": [{"flagged": "classifier-bad" in text, "categories": {}}]})
 
@@ -205,7 +222,8 @@ if __name__ == "__main__":
     parser.add_argument("--mode", default="sse", choices=["sse", "jsonl", "nousage", "fail", "dies", "busy"])
     parser.add_argument("--reject", default="", help="comma-separated parameters answered with 400")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between stream chunks")
+    parser.add_argument("--json-only", action="store_true", help="400 to a POST not sent as application/json")
     args = parser.parse_args()
-    MODE, DELAY = args.mode, args.delay
+    MODE, DELAY, JSON_ONLY = args.mode, args.delay, args.json_only
     REJECT = {x for x in args.reject.split(",") if x}
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

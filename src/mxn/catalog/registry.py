@@ -58,6 +58,7 @@ class EndpointInfo:
     max_concurrency: int | None = None
     health_path: str = "/models"
     api_key: str | None = None
+    hardware: dict[str, Any] = field(default_factory=dict)  # this endpoint's own disclosure
 
 
 @dataclass(slots=True)
@@ -135,6 +136,15 @@ class Catalog:
 _rule_cache = RuleCache()
 
 
+def _disclosure(seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cell's disclosure from its endpoints': the common one, or `{"endpoints": [...]}` when they differ (vLLM
+    and llama.cpp on the same chip)."""
+    distinct = [h for i, h in enumerate(seen) if h not in seen[:i]]
+    if len(distinct) <= 1:
+        return dict(distinct[0]) if distinct else {}
+    return {"endpoints": distinct}
+
+
 async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: aiohttp.ClientSession) -> Catalog:
     async with sessions() as s:
         models = (await s.execute(select(Model))).scalars().all()
@@ -203,9 +213,11 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
                 e.max_concurrency,
                 e.health_path,
                 e.api_key,
+                dict(e.hardware or getattr(engine, "hardware", None) or {}),  # declared, else detected
             )
         )
-        detected = getattr(engine, "hardware", None)
-        if not cell.disclosure and detected:
-            cell.disclosure = dict(detected)  # detected, for a managed engine
+    for cell in by_id.values():
+        # A cell that declares nothing discloses what its endpoints run on: one endpoint's, or each engine's.
+        if not cell.disclosure:
+            cell.disclosure = _disclosure([e.hardware for e in cell.endpoints if e.hardware])
     return cat

@@ -107,6 +107,9 @@ class EndpointSpec(Strict):
     timeouts: Timeouts | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
     supports: list[str] | None = None
+    # This endpoint's own hardware disclosure (engine and version, chip_model, count, dtype, ...), for a cell whose
+    # endpoints differ; `mxn bench --endpoint` reports it. Managed endpoints have theirs detected.
+    hardware: dict[str, Any] | None = None
     # Engine options of the embedded engine: device (auto, cpu, cuda:0), dtype (auto, float32, bfloat16),
     # max_batch, max_waiting.
     options: dict[str, Any] | None = None

@@ -184,12 +184,19 @@ def parse_npu_smi(text: str) -> list[Device]:
 
 
 # --- the CPU ---
-def cpu_device() -> Device:
-    name = "CPU"
+def cpu_model() -> str:
+    """The CPU's model name (`AMD EPYC 9654 96-Core Processor`), or `CPU` where the system does not say."""
     try:
         with open("/proc/cpuinfo") as f:
             m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            name = m.group(1).strip() if m else name
+    except OSError:
+        return "CPU"
+    return m.group(1).strip() if m else "CPU"
+
+
+def cpu_device() -> Device:
+    name = cpu_model()
+    try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f if ":" in line)
         total, available = _int(info.get("MemTotal")), _int(info.get("MemAvailable"))

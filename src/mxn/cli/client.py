@@ -184,6 +184,12 @@ def bench(
     base_url: BaseUrl,
     cell: Annotated[list[str] | None, typer.Option("--cell", help="MODEL@CHIP; repeat for each cell")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="YAML: cells and any settings below")] = None,
+    endpoint: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--endpoint", metavar="ID", help="an endpoint of the one cell, measured alone (admin key); repeat"
+        ),
+    ] = None,
     api_key: ApiKey = None,
     concurrency: Annotated[str, typer.Option("--concurrency", help="a sweep, e.g. 1,4,16")] = "1,4,16",
     request_rate: Annotated[float | None, typer.Option("--request-rate", help="Poisson arrivals/s instead")] = None,
@@ -200,7 +206,7 @@ def bench(
     plain: Annotated[bool, typer.Option("--plain", help="POST {base}/chat/completions with model=CELL")] = False,
     out: Annotated[Path, typer.Option("--out")] = Path("bench-results"),
 ) -> None:
-    """The same workload to several model×chip cells; TTFT, TPOT, ITL, throughput; JSON, markdown and PNG."""
+    """The same workload to model×chip cells (or endpoints of one); TTFT, TPOT, ITL, throughput; JSON, markdown, PNG."""
     given = {
         "concurrency": [int(c) for c in concurrency.split(",") if c],
         "request_rate": request_rate,
@@ -224,7 +230,13 @@ def bench(
             k: v for k, v in given.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
         }
         settings = benchmark.Settings(
-            **{**given, **planned, **chosen, "cells": [*planned.get("cells", []), *(cell or [])]},
+            **{
+                **given,
+                **planned,
+                **chosen,
+                "cells": [*planned.get("cells", []), *(cell or [])],
+                "endpoints": [*planned.get("endpoints", []), *(endpoint or [])],
+            },
             base_url=base_url,
             api_key=api_key,
         )

@@ -16,6 +16,7 @@ from mxn.deploy import service
 
 Chip = Annotated[str, typer.Option("--chip", help="chip type id: nvidia, amd, ascend, ..., cpu")]
 Wait = Annotated[float, typer.Option("--wait", help="seconds to wait for the gateway to carry it out (0: don't)")]
+Engine = Annotated[str | None, typer.Option("--engine", help="which engine's deployment, where a cell runs several")]
 
 
 def _split(model: str, chip: str | None) -> tuple[str, str]:
@@ -34,11 +35,12 @@ def _list(db: str) -> list[dict[str, Any]]:
     return run(db, work)
 
 
-def _wait(db: str, name: str, seconds: float, done: Any) -> None:
-    """Poll the store until `done(view or None)`; exit 1 after `seconds` (is `mxn serve` running?)."""
+def _wait(db: str, name: str, engine: str | None, seconds: float, done: Any) -> None:
+    """Poll the store until `done(view or None)` for the managed deployment of `engine` in cell `name` (any engine
+    when None); exit 1 after `seconds` (is `mxn serve` running?)."""
     deadline = time.monotonic() + seconds
     while True:
-        view = next((v for v in _list(db) if v["deployment"] == name), None)
+        view = next((v for v in _list(db) if v["deployment"] == name and engine in (None, v["engine"])), None)
         if done(view):
             return
         if time.monotonic() > deadline:
@@ -88,7 +90,7 @@ def deploy(
     target = f"{req.name or service.served_name(model)}@{chip}"
     typer.echo(f"deploying {target}: {replicas} replica(s) of {model} with {row.engine}")
     if wait:
-        _wait(url, target, wait, lambda v: v is not None and v["running"] >= replicas)
+        _wait(url, target, row.engine, wait, lambda v: v is not None and v["running"] >= replicas)
         typer.echo(f"{target} is running")
 
 
@@ -110,32 +112,37 @@ def scale(
     model: Annotated[str, typer.Argument(help="MODEL or MODEL@CHIP")],
     replicas: Annotated[int, typer.Option("--replicas", help="replicas to run (0 stops them all)")],
     chip: Annotated[str | None, typer.Option("--chip")] = None,
+    engine: Engine = None,
     wait: Wait = 0,
     db: DatabaseUrl = None,
 ) -> None:
     """Change how many replicas of a managed deployment run."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url, _ = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas), {"replicas": replicas})
-    typer.echo(f"{target}: {replicas} replica(s)")
+    url, row = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas, engine), {"replicas": replicas})
+    typer.echo(f"{target} ({row.engine}): {replicas} replica(s)")
     if wait:
-        _wait(url, target, wait, lambda v: v is not None and v["running"] == len(v["instances"]) == replicas)
+        _wait(
+            url, target, row.engine, wait, lambda v: v is not None and v["running"] == len(v["instances"]) == replicas
+        )
 
 
 def undeploy(
     model: Annotated[str, typer.Argument(help="MODEL or MODEL@CHIP")],
     chip: Annotated[str | None, typer.Option("--chip")] = None,
+    engine: Engine = None,
     wait: Wait = 0,
     db: DatabaseUrl = None,
 ) -> None:
-    """Stop every replica of a managed deployment and remove its endpoints (and the cell, if deploy made it)."""
+    """Stop every replica of a managed deployment and remove its endpoints (and the cell, if deploy made it and
+    nothing else serves it)."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url, _ = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id))
-    typer.echo(f"undeploying {target}")
+    url, row = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id, engine))
+    typer.echo(f"undeploying {target} ({row.engine})")
     if wait:
-        _wait(url, target, wait, lambda v: v is None)
-        typer.echo(f"{target} is gone")
+        _wait(url, target, row.engine, wait, lambda v: v is None)
+        typer.echo(f"{target} ({row.engine}) is gone")
 
 
 def deployments(

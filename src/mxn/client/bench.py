@@ -1,5 +1,8 @@
 """`mxn bench`: the same fixed-seed workload to several model×chip cells, measured like vLLM's benchmark_serving.
 
+A target is a cell, or with `--endpoint` one endpoint of a cell (an admin key pinned to it: `sk-...-ID`), so
+engines on the same chip compare as chips do. Each result carries the hardware the server discloses for it.
+
 Per request: TTFT (sending → first content), TPOT ((latency − TTFT) / (output tokens − 1)), ITL (every gap
 between content chunks), end-to-end latency. Per cell and load: their mean, p50, p90 and p99; output tokens/s
 and requests/s over the measured span; goodput (requests/s that met the SLO); errors. Output tokens are
@@ -25,7 +28,7 @@ import httpx
 import yaml
 
 from mxn import __version__
-from mxn.client.stream import StreamResult, stream_chat
+from mxn.client.stream import StreamResult, headers, stream_chat
 
 WORDS = (
     "the of and to in is that for it as with was on be by at this are from or have an they which one you were "
@@ -38,6 +41,7 @@ class Settings:
     base_url: str
     api_key: str | None
     cells: list[str]
+    endpoints: list[int] = field(default_factory=list)  # endpoint ids of the one cell, each measured alone
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
     request_rate: float | None = None  # Poisson arrivals per second instead of a closed loop
     num_prompts: int = 50
@@ -62,6 +66,37 @@ class Settings:
             raise ValueError("--concurrency is a list of positive numbers, e.g. 1,4,16")
         for cell in self.cells:
             cell_url(self, cell)
+        if self.endpoints:
+            if self.plain:
+                raise ValueError("--endpoint pins an endpoint of an mxn cell; it cannot be used with --plain")
+            if len(self.cells) != 1:
+                raise ValueError(
+                    f"--endpoint measures endpoints of one cell; give exactly one --cell, not {len(self.cells)}"
+                )
+            if not self.api_key:
+                raise ValueError("--endpoint needs an admin --api-key: the endpoint is pinned by that key")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one set of result rows measures: a cell, or one endpoint of it."""
+
+    cell: str
+    endpoint: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cell if self.endpoint is None else f"{self.cell} #{self.endpoint}"
+
+    def key(self, api_key: str | None) -> str | None:
+        """The key to send: an admin key `sk-...` pinned to an endpoint is `sk-...-ID`."""
+        return api_key if self.endpoint is None or not api_key else f"{api_key}-{self.endpoint}"
+
+
+def targets(s: Settings) -> list[Target]:
+    if s.endpoints:
+        return [Target(s.cells[0], e) for e in s.endpoints]
+    return [Target(c) for c in s.cells]
 
 
 def load_plan(path: str | Path) -> dict[str, Any]:
@@ -71,8 +106,11 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or set(data) - known:
         unknown = sorted(set(data) - known) if isinstance(data, dict) else data
         raise ValueError(f"{path}: unknown keys {unknown}; a plan may hold {sorted(known)}")
-    if isinstance(data.get("concurrency"), int):
-        data["concurrency"] = [data["concurrency"]]
+    for name in ("concurrency", "endpoints"):
+        if isinstance(data.get(name), int):
+            data[name] = [data[name]]
+    if not all(isinstance(e, int) for e in data.get("endpoints") or ()):
+        raise ValueError(f"{path}: endpoints is a list of endpoint ids, e.g. [3, 7]")
     return data
 
 
@@ -93,6 +131,38 @@ def cell_url(s: Settings, cell: str) -> tuple[str, str]:
     if not chip:
         raise ValueError(f"a cell is MODEL@CHIP, not {cell!r} (or pass --plain)")
     return f"{base}/maas/{model}/{chip}/chat/completions", model
+
+
+async def hardware(s: Settings, http: httpx.AsyncClient, target: Target, say: Any = print) -> dict[str, Any]:
+    """What the server discloses about the hardware behind a target; {} (and a note) when it will not say."""
+    base = s.base_url.rstrip("/")
+    try:
+        if s.plain:
+            r = await http.get(f"{base}/models", headers=headers(s.api_key))
+            r.raise_for_status()
+            entry = next((m for m in r.json().get("data") or () if m.get("id") == target.cell), None)
+            if entry is None:
+                say(f"{target.name}: no hardware disclosure: {base}/models does not list it")
+                return {}
+            if isinstance(entry.get("hardware"), dict):
+                return dict(entry["hardware"])  # mxn's /v1/models discloses it per cell
+            # All a plain OpenAI server tells of itself is in its model entry (vLLM: owned_by, root, max_model_len).
+            return {k: v for k, v in entry.items() if k not in ("id", "object", "created")}
+        model, _, chip = target.cell.partition("@")
+        r = await http.post(
+            f"{base}/maas/{model}/{chip}/get_model_details", content=b"{}", headers=headers(target.key(s.api_key))
+        )
+        r.raise_for_status()
+        found = r.json().get("hardware")
+        disclosed = dict(found) if isinstance(found, dict) else {}
+        if target.endpoint is not None and disclosed.get("endpoint") != target.endpoint:
+            say(
+                f"{target.name}: the server did not confirm the pin (not an endpoint of this cell, or not an admin key)"
+            )
+        return disclosed
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        say(f"{target.name}: no hardware disclosure: {type(exc).__name__}: {str(exc)[:200]}")
+        return {}
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
@@ -127,7 +197,13 @@ class Counter:
 
 
 async def _load(
-    s: Settings, http: httpx.AsyncClient, url: str, model: str, texts: list[str], concurrency: int | None
+    s: Settings,
+    http: httpx.AsyncClient,
+    url: str,
+    key: str | None,
+    model: str,
+    texts: list[str],
+    concurrency: int | None,
 ) -> tuple[list[StreamResult], float]:
     """Send every prompt: `concurrency` at a time, or at Poisson arrivals; stop issuing at max_duration."""
     results: list[StreamResult] = []
@@ -149,7 +225,7 @@ async def _load(
 
         async def worker() -> None:
             while queue and time.perf_counter() < deadline:
-                results.append(await stream_chat(http, url, s.api_key, body(queue.pop())))
+                results.append(await stream_chat(http, url, key, body(queue.pop())))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     else:
@@ -158,14 +234,14 @@ async def _load(
         for text in texts:
             if time.perf_counter() >= deadline:
                 break
-            tasks.append(asyncio.create_task(stream_chat(http, url, s.api_key, body(text))))
+            tasks.append(asyncio.create_task(stream_chat(http, url, key, body(text))))
             await asyncio.sleep(rng.expovariate(s.request_rate))
         results = list(await asyncio.gather(*tasks))
     return results, time.perf_counter() - start
 
 
 def _measure(
-    s: Settings, cell: str, load: str, results: list[StreamResult], span: float, count: Counter
+    s: Settings, target: Target, load: str, results: list[StreamResult], span: float, count: Counter
 ) -> dict[str, Any]:
     ok = [r for r in results if r.ok and r.ttft is not None]
     ttft = [r.ttft for r in ok if r.ttft is not None]
@@ -182,7 +258,8 @@ def _measure(
             good += 1
     errors = [r.error for r in results if not r.ok]
     return {
-        "cell": cell,
+        "cell": target.cell,
+        "endpoint": target.endpoint,
         "concurrency": int(load) if load.isdigit() else None,
         "request_rate": None if load.isdigit() else s.request_rate,
         "completed": len(ok),
@@ -209,19 +286,23 @@ async def run(s: Settings, say: Any = print) -> dict[str, Any]:
     results = []
     limits = httpx.Limits(max_connections=max(s.concurrency) * 2 + 8)
     async with httpx.AsyncClient(timeout=s.timeout, limits=limits, trust_env=False) as http:
-        for cell in s.cells:
-            url, model = cell_url(s, cell)
-            warm, _ = await _load(s, http, url, model, texts[: s.warmup], 1)  # not measured
+        for target in targets(s):
+            url, model = cell_url(s, target.cell)
+            key = target.key(s.api_key)
+            disclosed = await hardware(s, http, target, say)
+            warm, _ = await _load(s, http, url, key, model, texts[: s.warmup], 1)  # not measured
             if s.warmup and not any(r.ok for r in warm):
-                say(f"{cell}: warm-up failed: {warm[0].error}")
+                say(f"{target.name}: warm-up failed: {warm[0].error}")
             for load in loads:
                 concurrency = int(load) if load.isdigit() else None
-                got, span = await _load(s, http, url, model, texts, concurrency)
-                row = _measure(s, cell, load, got, span, count)
+                got, span = await _load(s, http, url, key, model, texts, concurrency)
+                row = _measure(s, target, load, got, span, count)
+                row["hardware"] = disclosed
                 results.append(row)
                 say(
-                    f"{cell:<32} {load:>8}  TTFT p50 {row['ttft_ms']['p50']} ms  TPOT p50 {row['tpot_ms']['p50']} ms  "
-                    f"{row['output_throughput']} tok/s  {row['completed']} ok  {row['errors']} errors"
+                    f"{target.name:<32} {load:>8}  TTFT p50 {row['ttft_ms']['p50']} ms  "
+                    f"TPOT p50 {row['tpot_ms']['p50']} ms  {row['output_throughput']} tok/s  {row['completed']} ok  "
+                    f"{row['errors']} errors"
                 )
     return {
         "tool": f"mxn {__version__} bench",
@@ -257,20 +338,37 @@ def markdown(report: dict[str, Any]) -> str:
         f"(input {s['input_len']}, output {s['output_len']} tokens, seed {s['seed']}); "
         f"SLO: TTFT ≤ {s['slo_ttft_ms']} ms, TPOT ≤ {s['slo_tpot_ms']} ms.",
         "",
-        "| cell | load | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 / p99 ms | output tok/s | req/s | goodput "
-        "| ok | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cell | hardware | load | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 / p99 ms | output tok/s | req/s "
+        "| goodput | ok | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         load = r["concurrency"] if r["concurrency"] is not None else f"{r['request_rate']}/s"
         lines.append(
-            f"| {r['cell']} | {load} | {r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | {r['tpot_ms']['p50']} / "
-            f"{r['tpot_ms']['p99']} | {r['itl_ms']['p50']} / {r['itl_ms']['p99']} | {r['output_throughput']} | "
-            f"{r['request_throughput']} | {r['goodput']} | {r['completed']} | {r['errors']} |"
+            f"| {_name(r)} | {_hardware_note(r.get('hardware') or {})} | {load} | {r['ttft_ms']['p50']} / "
+            f"{r['ttft_ms']['p99']} | {r['tpot_ms']['p50']} / {r['tpot_ms']['p99']} | {r['itl_ms']['p50']} / "
+            f"{r['itl_ms']['p99']} | {r['output_throughput']} | {r['request_throughput']} | {r['goodput']} | "
+            f"{r['completed']} | {r['errors']} |"
         )
     env = report["environment"]
     lines += ["", f"Client: Python {env['python']} on {env['platform']} ({env['cpus']} CPUs).", ""]
     return "\n".join(lines)
+
+
+def _name(row: dict[str, Any]) -> str:
+    return Target(row["cell"], row.get("endpoint")).name
+
+
+def _hardware_note(hw: dict[str, Any]) -> str:
+    """`engine version · chip_model ×count · dtype`, of whichever keys the server disclosed; else every key."""
+    engine = " ".join(str(hw[k]) for k in ("engine", "engine_version", "version") if hw.get(k) is not None)
+    chip = str(hw.get("chip_model") or hw.get("device") or "")
+    if chip and hw.get("count") is not None:
+        chip += f" ×{hw['count']}"
+    parts = [p for p in (engine, chip, str(hw.get("dtype") or "")) if p]
+    if not parts:  # not mxn's keys (a plain server's model entry): say what there is
+        parts = [f"{k}: {v}" for k, v in hw.items() if k != "endpoint" and not isinstance(v, dict | list)]
+    return " · ".join(parts).replace("|", "/") or "—"
 
 
 def plots(report: dict[str, Any], samples: list[dict[str, list[float]]], out: Path) -> list[Path]:
@@ -282,10 +380,11 @@ def plots(report: dict[str, Any], samples: list[dict[str, list[float]]], out: Pa
     except ImportError:
         return []  # plots need the `bench` extra (matplotlib); JSON and markdown are written regardless
     written = []
-    cells = list(dict.fromkeys(r["cell"] for r in report["results"]))
+    # One line per target: a cell, or an endpoint of it (`cell #ID`).
+    cells = list(dict.fromkeys(_name(r) for r in report["results"]))
     fig, ax = plt.subplots(figsize=(7, 4))
     for cell in cells:
-        rows = [r for r in report["results"] if r["cell"] == cell and r["concurrency"] is not None]
+        rows = [r for r in report["results"] if _name(r) == cell and r["concurrency"] is not None]
         if rows:
             ax.plot([r["concurrency"] for r in rows], [r["output_throughput"] for r in rows], marker="o", label=cell)
     ax.set(xlabel="concurrency", ylabel="output tokens/s", title="Throughput vs concurrency")
@@ -300,7 +399,7 @@ def plots(report: dict[str, Any], samples: list[dict[str, list[float]]], out: Pa
         fig, ax = plt.subplots(figsize=(7, 4))
         for cell in cells:
             values = [
-                v for r, smp in zip(report["results"], samples, strict=True) if r["cell"] == cell for v in smp[metric]
+                v for r, smp in zip(report["results"], samples, strict=True) if _name(r) == cell for v in smp[metric]
             ]
             if values:
                 ax.hist(values, bins=30, alpha=0.55, label=cell)

@@ -28,7 +28,13 @@ class StreamResult:
 
 
 def headers(api_key: str | None) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+    """Headers of every client request: the JSON content type and the key, when there is one."""
+    # Every body the client tools send is JSON, and servers insist on being told so: vLLM answers 400 ("Only
+    # 'application/json' is allowed") and llama.cpp's server 500 to a body without this header.
+    sent = {"content-type": "application/json"}
+    if api_key:
+        sent["authorization"] = f"Bearer {api_key}"
+    return sent
 
 
 async def stream_chat(http: httpx.AsyncClient, url: str, api_key: str | None, body: dict[str, Any]) -> StreamResult:

@@ -2,8 +2,10 @@
 
 Every `interval` seconds the gateway that holds the lease reads `managed_deployments`, asks placement to start
 missing replicas and stop surplus ones (`mxn scale`, `mxn undeploy`), and writes each replica as an endpoint of its
-deployment (`source='managed'`, one row per replica number): its URL once it has one, and its state, so routing
-sends requests only to replicas that are running. A managed deployment is `deploying` until a replica runs."""
+deployment (`source='managed'`, one row per replica number): its URL once it has one, its state, so routing
+sends requests only to replicas that are running, and its hardware as read from the running engine. A cell may be
+served by several managed deployments, one per engine (`mxn-demo@cpu/vllm`, `mxn-demo@cpu/llamacpp`), and by
+catalogue endpoints besides. A managed deployment is `deploying` until a replica runs."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mxn.deploy import recipes
 from mxn.deploy.leader import Lease
 from mxn.deploy.process import ReplicaSpec, ReplicaView
-from mxn.store.models import Deployment, Endpoint, ManagedDeployment
+from mxn.store.models import Deployment, Endpoint, ManagedDeployment, Model
 
 log = logging.getLogger("mxn.deploy")
 
@@ -82,16 +85,22 @@ class Controller:
         """One pass; True when an endpoint or a deployment's state changed."""
         changed = False
         async with self.sessions() as s:
-            rows = (await s.execute(select(ManagedDeployment, Deployment).join(Deployment))).all()
-            wanted = {f"{d.model}@{d.chip}": (m, d) for m, d in rows}
+            rows = (
+                await s.execute(
+                    select(ManagedDeployment, Deployment, Model.context_length)
+                    .join(Deployment, ManagedDeployment.deployment_id == Deployment.id)
+                    .join(Model, Deployment.model == Model.name)
+                )
+            ).all()
+            wanted = {managed_key(d.model, d.chip, m.engine): (m, d, n) for m, d, n in rows}
             for key in self.placement.deployments():
                 if key not in wanted:  # its deployment was deleted outright
-                    await self._scale(key, None, 0)
-            for key, (m, d) in wanted.items():
+                    await self._scale(key, None, None, 0)
+            for key, (m, d, context_length) in wanted.items():
                 count = 0 if m.state == "removing" else m.replicas
-                views = await self._scale(key, m, count)
+                views = await self._scale(key, m, d, count, context_length)
                 self.views[key] = views
-                changed |= await self._register(s, d.id, views)
+                changed |= await self._register(s, d.id, m, views)
                 if m.state == "removing" and not views:
                     await self._forget(s, m, d)
                     self.views.pop(key, None)
@@ -105,12 +114,15 @@ class Controller:
             await s.commit()
         return changed
 
-    async def _scale(self, key: str, m: ManagedDeployment | None, count: int) -> list[ReplicaView]:
-        model, _, chip = key.partition("@")
+    async def _scale(
+        self, key: str, m: ManagedDeployment | None, d: Deployment | None, count: int, context_length: int = 4096
+    ) -> list[ReplicaView]:
         unplaced = self.unplaced.setdefault(key, {})
-        if m is not None:
+        if m is not None and d is not None:
             for index in range(count):
-                spec = ReplicaSpec(key, index, m.engine, m.source, model, chip, m.devices, m.memory_fraction)
+                spec = ReplicaSpec(
+                    key, index, m.engine, m.source, d.model, d.chip, m.devices, m.memory_fraction, context_length
+                )
                 try:
                     await self.placement.ensure(spec)
                     unplaced.pop(index, None)
@@ -126,15 +138,12 @@ class Controller:
             del unplaced[surplus]
         return [v for v in views if v.index < count]
 
-    async def _register(self, s: AsyncSession, deployment_id: int, views: list[ReplicaView]) -> bool:
-        rows = {
-            e.replica: e
-            for e in (
-                await s.execute(
-                    select(Endpoint).where(Endpoint.deployment_id == deployment_id, Endpoint.source == "managed")
-                )
-            ).scalars()
-        }
+    async def _register(
+        self, s: AsyncSession, deployment_id: int, m: ManagedDeployment, views: list[ReplicaView]
+    ) -> bool:
+        rows = {e.replica: e for e in (await s.execute(select(Endpoint).where(Endpoint.managed_id == m.id))).scalars()}
+        recipe = recipes.load().engines.get(m.engine)
+        supports = recipe.supports if recipe else None
         changed = False
         for view in views:
             row = rows.pop(view.index, None)
@@ -142,11 +151,19 @@ class Controller:
                 if row is not None and row.state != view.state:
                     row.state, changed = view.state, True
                 continue
-            values = {"url": view.url, "upstream_model": view.upstream_model, "state": view.state}
+            values: dict[str, Any] = {"url": view.url, "upstream_model": view.upstream_model, "state": view.state}
+            if view.hardware is not None:  # known once the engine answers; kept while it restarts
+                values["hardware"] = view.hardware
             if row is None:
                 s.add(
                     Endpoint(
-                        deployment_id=deployment_id, source="managed", replica=view.index, engine="openai", **values
+                        deployment_id=deployment_id,
+                        managed_id=m.id,
+                        source="managed",
+                        replica=view.index,
+                        engine="openai",
+                        supports=supports,
+                        **values,
                     )
                 )
                 changed = True
@@ -163,7 +180,9 @@ class Controller:
         """The end of `mxn undeploy`: its row goes, and the cell too if deploy made it and nothing else serves it."""
         await s.delete(m)
         if m.created_cell:
-            others = (await s.execute(select(func.count()).where(Endpoint.deployment_id == d.id))).scalar_one()
+            endpoints = select(func.count()).where(Endpoint.deployment_id == d.id)
+            managed = select(func.count()).where(ManagedDeployment.deployment_id == d.id, ManagedDeployment.id != m.id)
+            others = (await s.execute(endpoints)).scalar_one() + (await s.execute(managed)).scalar_one()
             if not others:
                 await s.execute(delete(Deployment).where(Deployment.id == d.id))
 
@@ -174,6 +193,11 @@ class Controller:
                 await self._task
         await self.placement.close()
         await self.lease.release()
+
+
+def managed_key(model: str, chip: str, engine: str) -> str:
+    """How placement names one managed deployment: `mxn-demo@cpu/vllm`."""
+    return f"{model}@{chip}/{engine}"
 
 
 def make_placement(ray_address: str | None, log_dir: Path, start_timeout: float) -> Placement:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mxn.chips.detect import Device, detect
-from mxn.deploy import recipes
+from mxn.deploy import process
 from mxn.deploy.process import EngineProcess, ReplicaSpec, ReplicaView, free_port
 
 log = logging.getLogger("mxn.deploy")
@@ -34,16 +34,9 @@ class LocalReplica:
         while True:
             self.view.state = "deploying"
             try:
-                launch = recipes.render(
-                    self.spec.engine,
-                    chip=self.spec.chip,
-                    model=self.spec.source,
-                    name=self.spec.name,
-                    port=free_port(),
-                    devices=self.devices,
-                    memory_fraction=self.spec.memory_fraction,
-                )
-                self.process = EngineProcess(launch, self.log)
+                # Off the loop: a GGUF conversion may run first.
+                launched = await asyncio.to_thread(process.launch, self.spec, free_port(), self.devices)
+                self.process = EngineProcess(launched, self.log)
                 self.process.start()
             except Exception as exc:  # a recipe that cannot render or a command that does not exist
                 self.view.state, self.view.detail = "unhealthy", f"cannot start: {exc}"
@@ -52,11 +45,12 @@ class LocalReplica:
                 continue
             self.view.pid, self.view.url, self.view.upstream_model = (
                 self.process.pid,
-                launch.base_url,
-                launch.upstream_model,
+                launched.base_url,
+                launched.upstream_model,
             )
             if await self._until_healthy(self.process):
                 backoff = 1.0
+                self.view.hardware = await asyncio.to_thread(process.describe, launched, self.spec.chip, self.devices)
                 self.view.state, self.view.detail = "running", None
                 await self._watch(self.process)
             self.process.stop()

@@ -2,7 +2,7 @@
 the devices Ray gave it. Ray puts it on a node advertising the chip (`chip:<type>`, and GPU/NPU where Ray knows
 them); when that node is lost, Ray starts the actor again on another, and the controller registers its new URL.
 
-Actors are named `<model>@<chip>#<index>` in the `mxn` namespace, so a gateway that restarts (or a second
+Actors are named `<model>@<chip>/<engine>#<index>` in the `mxn` namespace, so a gateway that restarts (or a second
 gateway replica) finds the replicas that are already running instead of starting more."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from mxn.chips.detect import RAY_NAMES
-from mxn.deploy import recipes
+from mxn.deploy import process
 from mxn.deploy.process import EngineProcess, ReplicaSpec, ReplicaView, free_port
 
 log = logging.getLogger("mxn.deploy")
@@ -36,23 +36,19 @@ class EngineReplica:
         devices = [int(i) for i in ids.get(RAY_NAMES.get(spec.chip, ""), [])]
         host = ray.util.get_node_ip_address()
         self.node = context.get_node_id()
-        launch = recipes.render(
-            spec.engine,
-            chip=spec.chip,
-            model=spec.source,
-            name=spec.name,
-            host=host,
-            port=free_port(host),
-            devices=devices,
-            memory_fraction=spec.memory_fraction,
-        )
-        self.process = EngineProcess(launch, Path(log_dir) / f"{spec.key.replace('/', '_')}.log")
+        self.spec, self.devices = spec, devices
+        self.hardware: dict[str, Any] | None = None
+        launched = process.launch(spec, free_port(host), devices, host)
+        self.process = EngineProcess(launched, Path(log_dir) / f"{spec.key.replace('/', '_')}.log")
         self.process.start()
 
     def info(self) -> dict[str, Any]:
         code = self.process.exit_code
         healthy = code is None and self.process.healthy()
+        if healthy and self.hardware is None:
+            self.hardware = process.describe(self.process.launch, self.spec.chip, self.devices)
         return {
+            "hardware": self.hardware,
             "url": self.process.launch.base_url,
             "upstream_model": self.process.launch.upstream_model,
             "node": self.node,
@@ -152,6 +148,7 @@ class RayPlacement:
                     info["node"],
                     info["pid"],
                     detail=info["detail"],
+                    hardware=info.get("hardware"),
                 )
             )
         return views

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mxn.chips.detect import cpu_model, detect
+from mxn.config import get_settings
+from mxn.deploy import gguf, recipes
 from mxn.deploy.recipes import Launch
 
 
@@ -30,6 +35,7 @@ class ReplicaSpec:
     chip: str
     devices: int = 1
     memory_fraction: float = 0.9
+    context_length: int = 4096
 
     @property
     def key(self) -> str:
@@ -48,6 +54,7 @@ class ReplicaView:
     pid: int | None = None
     restarts: int = 0
     detail: str | None = None
+    hardware: dict[str, Any] | None = None  # read from the running engine and its node
 
     def view(self) -> dict[str, Any]:
         return {
@@ -65,6 +72,71 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def launch(spec: ReplicaSpec, port: int, devices: list[int], host: str = "127.0.0.1") -> Launch:
+    """Render the replica's recipe; a recipe that serves GGUF files gets the model converted first (once, cached)."""
+    settings = get_settings()
+    recipe = recipes.check(spec.engine, spec.chip)
+    source, dtype = spec.source, None
+    if recipe.prepare == "gguf":
+        source = gguf.ensure_gguf(spec.source, Path(settings.data_dir) / "gguf", Path(settings.engines_dir))
+        dtype = gguf.file_type(source)
+    rendered = recipes.render(
+        spec.engine,
+        chip=spec.chip,
+        model=source,
+        name=spec.name,
+        host=host,
+        port=port,
+        devices=devices,
+        memory_fraction=spec.memory_fraction,
+        context_length=spec.context_length,
+        engines_dir=settings.engines_dir,
+    )
+    if dtype is not None:
+        rendered = dataclasses.replace(rendered, dtype=dtype)
+    return rendered
+
+
+def describe(launched: Launch, chip: str, devices: list[int], timeout: float = 10.0) -> dict[str, Any]:
+    """A running replica's hardware disclosure: the engine and the version it reports, its dtype, and the chips it
+    holds as this node's tools name them."""
+    answer = _engine_version(launched, timeout)
+    info: dict[str, Any] = {"engine": launched.engine, "engine_version": answer.get(launched.version.field)}
+    said = answer.get("hardware")  # an engine that reports its own (mxn's does) knows its dtype best
+    dtype = said.get("dtype") if isinstance(said, dict) else None
+    if dtype or launched.dtype:
+        info["dtype"] = dtype or launched.dtype
+    if chip == "cpu":
+        info.update(chip="cpu", chip_model=cpu_model(), count=1, cores=os.cpu_count())
+    else:
+        names = {d.index: d.name for d in detect() if d.chip == chip}
+        info.update(chip=chip, chip_model=", ".join(sorted({names.get(i, chip) for i in devices})), count=len(devices))
+    info["node"] = socket.gethostname()
+    return info
+
+
+def _engine_version(launched: Launch, timeout: float) -> dict[str, Any]:
+    """What the running engine says of its version: the JSON at its version URL, else its package's version in
+    its own interpreter (as `{field: version}`); {} when it does not say."""
+    how = launched.version
+    if how.url:
+        base = launched.health_url[: launched.health_url.index("/", len("http://"))]
+        try:
+            with urllib.request.urlopen(base + how.url, timeout=timeout) as r:
+                answer = json.loads(r.read())
+            return answer if isinstance(answer, dict) else {}
+        except (OSError, ValueError):
+            return {}
+    if how.package and launched.python:
+        code = f"import importlib.metadata as m; print(m.version({how.package!r}))"
+        try:
+            done = subprocess.run([launched.python, "-c", code], capture_output=True, text=True, timeout=timeout * 3)
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        return {how.field: done.stdout.strip()} if done.returncode == 0 and done.stdout.strip() else {}
+    return {}
 
 
 def _die_with_parent() -> None:

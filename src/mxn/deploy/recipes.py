@@ -3,12 +3,13 @@ on a chip's devices. Rendering one gives the argv, the environment and the URLs 
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,11 +21,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Version(_Strict):
+    """Where a running engine says its version: a JSON answer at `url` (its `field`), or a package's metadata."""
+
+    url: str | None = None
+    field: str = "version"
+    package: str | None = None
+
+
 class Recipe(_Strict):
     command: list[str] = Field(min_length=1)
     env: dict[str, str] = {}
+    chip_env: dict[str, dict[str, str]] = {}
+    dtype: dict[str, str] = {}
+    prepare: Literal["gguf"] | None = None
     health: str = "/health"
     base: str = "/v1"
+    version: Version = Version()
+    supports: list[str] | None = None
     upstream_model: str = "{name}"
     chips: list[str]
 
@@ -48,6 +62,18 @@ class Launch:
     health_url: str
     base_url: str
     upstream_model: str
+    engine: str = ""
+    dtype: str | None = None
+    version: Version = field(default_factory=Version)
+    python: str | None = None  # the engine's interpreter, where it has one
+    supports: list[str] | None = None
+
+
+def engine_python(engine: str, engines_dir: str | Path) -> str:
+    """The interpreter of the engine's own virtual environment, else `python3` on PATH (an image, a system
+    install)."""
+    venv = Path(engines_dir) / engine / "bin" / "python"
+    return str(venv.absolute()) if venv.exists() else "python3"
 
 
 @cache
@@ -77,6 +103,8 @@ def render(
     devices: list[int] | None = None,
     host: str = "127.0.0.1",
     memory_fraction: float = 0.9,
+    context_length: int = 4096,
+    engines_dir: str | Path = ".engines",
     recipes: Recipes | None = None,
 ) -> Launch:
     """The launch of one replica of `engine` serving `model` as `name` on `devices` of `chip`."""
@@ -84,6 +112,8 @@ def render(
     recipe = check(engine, chip, book)
     rule = book.chips.get(chip, ChipRule(visible=None, device=None))
     devices = devices or []
+    dtype = recipe.dtype.get(chip, recipe.dtype.get("default"))
+    python = engine_python(engine, engines_dir)
     values: dict[str, Any] = {
         "model": model,
         "name": name,
@@ -93,8 +123,13 @@ def render(
         "memory_fraction": memory_fraction,
         "device": rule.device or "cpu",
         "python": sys.executable,
+        "engine_python": python,
+        "recipes_dir": str(Path(__file__).parent),
+        "context_length": context_length,
+        "dtype": dtype or "auto",
     }
-    env = {k: v.format(**values) for k, v in recipe.env.items()}
+    env = {k: v.format(**values) for k, v in recipe.chip_env.get(chip, {}).items() if k not in os.environ}
+    env.update({k: v.format(**values) for k, v in recipe.env.items()})
     if rule.visible:
         env[rule.visible] = ",".join(str(d) for d in devices)
     address = f"http://{host}:{port}"
@@ -104,4 +139,9 @@ def render(
         address + recipe.health,
         address + recipe.base,
         recipe.upstream_model.format(**values),
+        engine,
+        dtype,
+        recipe.version,
+        python if "{engine_python}" in recipe.command else sys.executable,
+        recipe.supports,
     )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mxn.catalog.schema import CHIP_TYPES
 from mxn.deploy import recipes
+from mxn.deploy.controller import managed_key
 from mxn.errors import Conflict, InvalidRequest, NotFound
 from mxn.store.models import Chip, Deployment, Endpoint, ManagedDeployment, Model
 
@@ -46,12 +47,18 @@ async def _cell(s: AsyncSession, model: str, chip: str) -> Deployment:
     return row
 
 
-async def _managed(s: AsyncSession, model: str, chip: str) -> ManagedDeployment:
+async def _managed(s: AsyncSession, model: str, chip: str, engine: str | None = None) -> ManagedDeployment:
+    """The managed deployment of `engine` in the cell; without `engine`, the cell's only one."""
     cell = await _cell(s, model, chip)
-    row = (await s.execute(select(ManagedDeployment).where(ManagedDeployment.deployment_id == cell.id))).scalar()
-    if row is None:
-        raise NotFound(f"{model}@{chip} is not a managed deployment (mxn deploy makes one)", code="not_managed")
-    return row
+    rows = (await s.execute(select(ManagedDeployment).where(ManagedDeployment.deployment_id == cell.id))).scalars()
+    found = [r for r in rows if engine in (None, r.engine)]
+    if not found:
+        which = f" with engine '{engine}'" if engine else ""
+        raise NotFound(f"{model}@{chip} has no managed deployment{which} (mxn deploy makes one)", code="not_managed")
+    if len(found) > 1:
+        engines = ", ".join(sorted(r.engine for r in found))
+        raise InvalidRequest(f"{model}@{chip} runs several engines ({engines}); say which one", param="engine")
+    return found[0]
 
 
 async def deploy(s: AsyncSession, req: DeployRequest) -> ManagedDeployment:
@@ -72,8 +79,14 @@ async def deploy(s: AsyncSession, req: DeployRequest) -> ManagedDeployment:
         cell = Deployment(model=name, chip=req.chip)
         s.add(cell)
         await s.flush()
-    elif (await s.execute(select(ManagedDeployment).where(ManagedDeployment.deployment_id == cell.id))).scalar():
-        raise Conflict(f"{name}@{req.chip} is deployed already; `mxn scale` changes its replicas")
+    elif (
+        await s.execute(
+            select(ManagedDeployment).where(
+                ManagedDeployment.deployment_id == cell.id, ManagedDeployment.engine == engine
+            )
+        )
+    ).scalar():
+        raise Conflict(f"{name}@{req.chip} runs on {engine} already; `mxn scale` changes its replicas")
     row = ManagedDeployment(
         deployment_id=cell.id,
         engine=engine,
@@ -89,18 +102,18 @@ async def deploy(s: AsyncSession, req: DeployRequest) -> ManagedDeployment:
     return row
 
 
-async def scale(s: AsyncSession, model: str, chip: str, replicas: int) -> ManagedDeployment:
+async def scale(s: AsyncSession, model: str, chip: str, replicas: int, engine: str | None = None) -> ManagedDeployment:
     if not 0 <= replicas <= MAX_REPLICAS:
         raise InvalidRequest(f"replicas is between 0 and {MAX_REPLICAS}", param="replicas")
-    row = await _managed(s, model, chip)
+    row = await _managed(s, model, chip, engine)
     if row.state == "removing":
         raise Conflict(f"{model}@{chip} is being undeployed")
     row.replicas = replicas
     return row
 
 
-async def undeploy(s: AsyncSession, model: str, chip: str) -> ManagedDeployment:
-    row = await _managed(s, model, chip)
+async def undeploy(s: AsyncSession, model: str, chip: str, engine: str | None = None) -> ManagedDeployment:
+    row = await _managed(s, model, chip, engine)
     row.state = "removing"
     return row
 
@@ -115,21 +128,23 @@ async def views(
     ).all()
     endpoints: dict[int, list[Endpoint]] = {}
     for e in (
-        await s.execute(select(Endpoint).where(Endpoint.source == "managed").order_by(Endpoint.replica))
+        await s.execute(select(Endpoint).where(Endpoint.managed_id.is_not(None)).order_by(Endpoint.replica))
     ).scalars():
-        endpoints.setdefault(e.deployment_id, []).append(e)
+        endpoints.setdefault(e.managed_id or 0, []).append(e)
     out = []
     for m, d in rows:
-        name = f"{d.model}@{d.chip}"
+        name = managed_key(d.model, d.chip, m.engine)
         # Registered replicas (endpoints), and on the gateway that places them, those not yet registered too.
         by_index: dict[int, dict[str, Any]] = {
-            e.replica: {"index": e.replica, "endpoint": e.id, "state": e.state, "url": e.url}
-            for e in endpoints.get(d.id, [])
+            e.replica: {"index": e.replica, "endpoint": e.id, "state": e.state, "url": e.url, "hardware": e.hardware}
+            for e in endpoints.get(m.id, [])
             if e.replica is not None
         }
         for v in (live or {}).get(name, []):
             seen = v.view()
-            replica = by_index.setdefault(v.index, {"index": v.index, "endpoint": None, "state": v.state, "url": v.url})
+            replica = by_index.setdefault(
+                v.index, {"index": v.index, "endpoint": None, "state": v.state, "url": v.url, "hardware": v.hardware}
+            )
             replica.update({k: seen[k] for k in ("node", "pid", "restarts", "detail")})
         for index, why in (unplaced or {}).get(name, {}).items():
             pending = {"index": index, "endpoint": None, "state": "pending", "url": None, "detail": why}
@@ -138,7 +153,8 @@ async def views(
         out.append(
             {
                 "id": m.id,
-                "deployment": name,
+                "deployment": f"{d.model}@{d.chip}",
+                "key": name,
                 "model": d.model,
                 "chip": d.chip,
                 "engine": m.engine,

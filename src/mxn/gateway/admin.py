@@ -132,6 +132,7 @@ class EndpointPatch(Body):
     timeouts: Timeouts | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
     supports: list[str] | None = None
+    hardware: dict[str, Any] | None = None
 
 
 def _state(request: Request) -> AppState:
@@ -237,6 +238,7 @@ def endpoint_view(e: Endpoint, deployment: str) -> dict[str, Any]:
         "timeouts": e.timeouts,
         "max_concurrency": e.max_concurrency,
         "supports": e.supports,
+        "hardware": e.hardware,
     }
 
 

@@ -67,20 +67,25 @@ async def get_managed(managed_id: int, request: Request) -> Response:
     return json_response(await _view(request, managed_id))
 
 
-async def _names(request: Request, managed_id: int) -> tuple[str, str]:
+async def _names(request: Request, managed_id: int) -> tuple[str, str, str]:
+    """(model, chip, engine) of a managed deployment."""
     async with _state(request).sessions() as s:
-        q = select(Deployment.model, Deployment.chip).join(ManagedDeployment).where(ManagedDeployment.id == managed_id)
+        q = (
+            select(Deployment.model, Deployment.chip, ManagedDeployment.engine)
+            .join(ManagedDeployment)
+            .where(ManagedDeployment.id == managed_id)
+        )
         row = (await s.execute(q)).first()
     if row is None:
         raise NotFound(f"no managed deployment '{managed_id}'", code="managed_not_found")
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
 @router.patch("/managed/{managed_id}")
 async def scale(managed_id: int, body: ScaleBody, request: Request) -> Response:
-    model, chip = await _names(request, managed_id)
+    model, chip, engine = await _names(request, managed_id)
     async with _state(request).sessions() as s:
-        await service.scale(s, model, chip, body.replicas)
+        await service.scale(s, model, chip, body.replicas, engine)
         await _commit(request, s, action="scale")
     _state(request).deployments.wake()
     return json_response(await _view(request, managed_id))
@@ -88,9 +93,9 @@ async def scale(managed_id: int, body: ScaleBody, request: Request) -> Response:
 
 @router.delete("/managed/{managed_id}")
 async def undeploy(managed_id: int, request: Request) -> Response:
-    model, chip = await _names(request, managed_id)
+    model, chip, engine = await _names(request, managed_id)
     async with _state(request).sessions() as s:
-        await service.undeploy(s, model, chip)
+        await service.undeploy(s, model, chip, engine)
         await _commit(request, s, action="undeploy")
     _state(request).deployments.wake()
     return json_response(await _view(request, managed_id))

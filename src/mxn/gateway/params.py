@@ -30,8 +30,14 @@ OPTIONAL_PARAMS = frozenset(
         "stream_options",
         "max_completion_tokens",
         "user",
+        "n",
     }
 )
+
+
+# Of those, the ones mxn itself provides whatever the engine takes: usage is counted when an engine sends none,
+# `max_completion_tokens` becomes `max_tokens`, `user` is only a label.
+PROVIDED = frozenset({"stream_options", "max_completion_tokens", "user"})
 
 
 @dataclass(slots=True)
@@ -42,6 +48,8 @@ class Prepared:
     stream: bool
     include_usage: bool
     choices: int = 1  # completions the request asks for: n, times the prompts of a batch completion
+    # Optional parameters the client set itself (not a model default): an endpoint must take each of them.
+    asked: frozenset[str] = frozenset()
 
 
 def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
@@ -96,7 +104,25 @@ def _prepare(
         if cell.model.tokenizer.fallback_note is None:
             # Up to the context limit, as vLLM does; only when our count is the model's own.
             max_tokens = body["max_tokens"] = context - longest
-    return Prepared(body, prompt_tokens, max_tokens, bool(req.stream), req.include_usage, choices)
+    asked = frozenset(k for k in OPTIONAL_PARAMS - PROVIDED - {"n"} if raw.get(k) not in (None, False))
+    if (raw.get("n") or 1) > 1:
+        asked |= {"n"}  # an engine that cannot give several choices would quietly give one
+    return Prepared(body, prompt_tokens, max_tokens, bool(req.stream), req.include_usage, choices, asked)
+
+
+def able(prepared: Prepared, candidates: list[EndpointInfo], cell: Cell) -> list[EndpointInfo]:
+    """The candidates whose engines take every optional parameter the client set; none: 400 naming one."""
+    if not prepared.asked:
+        return candidates
+    fit = [e for e in candidates if e.supports is None or prepared.asked <= e.supports]
+    if fit or not candidates:
+        return fit
+    missing = sorted(prepared.asked - candidates[0].supports) if candidates[0].supports is not None else []
+    raise InvalidRequest(
+        f"'{missing[0]}' is not supported by the engine serving {cell.name}",
+        param=missing[0],
+        code="unsupported_parameter",
+    )
 
 
 def _check_sampling(body: dict[str, Any]) -> None:

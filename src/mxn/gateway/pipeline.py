@@ -17,7 +17,7 @@ from mxn.gateway import dispatch, normalize
 from mxn.gateway.admit import Admission, admit
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import read_json, validate
-from mxn.gateway.params import Prepared, prepare_chat, prepare_completion
+from mxn.gateway.params import Prepared, able, prepare_chat, prepare_completion
 from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.moderation import check as moderation
@@ -54,9 +54,10 @@ def resolve_cell(state: AppState, ref: CellRef, model: Any) -> Cell:
     return state.catalog.resolve(model, state.router.cell_state)
 
 
-def _candidates(request: Request, cell: Cell, principal: Principal) -> list[EndpointInfo]:
+def _candidates(request: Request, cell: Cell, principal: Principal, prepared: Prepared) -> list[EndpointInfo]:
     state: AppState = request.app.state.mxn
-    return state.router.candidates(cell, principal.pinned_endpoint if principal.is_admin else None)
+    found = state.router.candidates(cell, principal.pinned_endpoint if principal.is_admin else None)
+    return able(prepared, found, cell)
 
 
 def _need_generative(cell: Cell) -> None:
@@ -84,6 +85,7 @@ async def _generate(
     request: Request, cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str
 ) -> Response:
     state: AppState = request.app.state.mxn
+    able(prepared, cell.endpoints, cell)  # a parameter no engine of the cell takes is refused before admission
     adm = await admit(state, principal, cell, prepared, route)
     tok = cell.model.tokenizer
     try:
@@ -91,7 +93,7 @@ async def _generate(
             await moderation.check_input(state.http, cell.rules, prepared.body, cell.name)
         # Chosen after admission and with no await before the first attempt starts, so that the router's
         # in-flight counts, concurrency caps and half-open probes see every request that is under way.
-        candidates = _candidates(request, cell, principal)
+        candidates = _candidates(request, cell, principal, prepared)
         if prepared.stream:
             endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
         else:
@@ -179,7 +181,7 @@ async def embeddings(request: Request) -> Response:
     state: AppState = request.app.state.mxn
     adm = await admit(state, principal, cell, prepared, "embeddings")
     try:
-        candidates = _candidates(request, cell, principal)
+        candidates = _candidates(request, cell, principal, prepared)
         endpoint, data = await until_disconnected(
             request, dispatch.call(state.router, cell, candidates, "embeddings", prepared)
         )

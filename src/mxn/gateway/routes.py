@@ -81,9 +81,16 @@ async def maas_token_count(model: str, chip: str, request: Request) -> Response:
 
 @router.post("/maas/{model}/{chip}/get_model_details", tags=["maas"], openapi_extra=request_body(ModelDetailsRequest))
 async def maas_model_details(model: str, chip: str, request: Request) -> Response:
-    _principal, raw, cell = await pipeline.begin(request, (model, chip))
+    principal, raw, cell = await pipeline.begin(request, (model, chip))
     validate(ModelDetailsRequest, raw)
     tok = cell.model.tokenizer
+    hardware = cell.disclosure
+    pinned = principal.pinned_endpoint if principal.is_admin else None
+    endpoint = next((e for e in cell.endpoints if e.id == pinned), None)
+    if endpoint is not None:
+        # An admin key pinned to an endpoint measures that endpoint alone (`mxn bench --endpoint`): its own hardware,
+        # or the cell's declaration when the endpoint has none of its own.
+        hardware = {**(endpoint.hardware or cell.disclosure), "endpoint": endpoint.id}
     return json_response(
         {
             "model": cell.model.name,
@@ -92,7 +99,7 @@ async def maas_model_details(model: str, chip: str, request: Request) -> Respons
             "tokenizer": tok.name,
             "tokenizer_note": tok.fallback_note,
             "state": _state(request).router.cell_state(cell),
-            "hardware": cell.disclosure,
+            "hardware": hardware,
         }
     )
 

@@ -204,6 +204,10 @@ class Endpoint(Base):
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The replica number of a managed deployment's endpoint (`source='managed'`); None for the others.
     replica: Mapped[int | None] = mapped_column(Integer)
+    managed_id: Mapped[int | None] = mapped_column(ForeignKey("managed_deployments.id", ondelete="CASCADE"))
+    # This endpoint's own disclosure: declared in the catalogue, or detected from a managed engine (engine and
+    # version, chip model, count, dtype, ...); the cell's disclosure speaks for the cell as a whole.
+    hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ManagedDeployment(Base):
@@ -211,7 +215,9 @@ class ManagedDeployment(Base):
 
     __tablename__ = "managed_deployments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), unique=True)
+    # One per engine of a cell: vLLM, llama.cpp and the embedded engine may serve the same model@chip side by side.
+    __table_args__ = (UniqueConstraint("deployment_id", "engine", name="uq_managed_deployments_cell_engine"),)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     engine: Mapped[str] = mapped_column(String(32))  # a launch recipe: vllm, sglang, llamacpp, ollama, mxn
     source: Mapped[str] = mapped_column(String(512))  # what the engine loads: a path or a hub id
     replicas: Mapped[int] = mapped_column(Integer)

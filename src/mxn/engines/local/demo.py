@@ -28,6 +28,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The llama.cpp pre-tokenizer that splits text as this model is served: transformers loads any `qwen2` model
+# directory as Qwen2Tokenizer, whose Qwen2 regex replaces the plain ByteLevel (GPT-2 regex) one it was trained
+# with. llama.cpp's converter cannot tell from a vocabulary trained here, so the model says it
+# (`tokenizer_config.json`, read by mxn.deploy.gguf).
+GGUF_PRETOKENIZER = "qwen2"
 
 
 def dialogues() -> list[dict[str, Any]]:
@@ -144,6 +149,9 @@ def create_demo(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    tokenizer_config = out / "tokenizer_config.json"
+    saved = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    tokenizer_config.write_text(json.dumps({**saved, "gguf_pretokenizer": GGUF_PRETOKENIZER}, indent=2) + "\n")
     card = {
         "name": DEMO_NAME,
         "parameters": params,

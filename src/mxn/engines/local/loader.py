@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from mxn.chips.detect import cpu_model
+
 log = logging.getLogger("mxn.local")
 # Models come from local directories only; never let transformers reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,7 +71,7 @@ def hardware(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         info.update(chip_model=props.name, count=1, memory_gb=round(props.total_memory / 2**30, 1))
         info["driver"] = torch.version.hip or torch.version.cuda
     else:
-        info.update(chip_model="CPU", threads=torch.get_num_threads())
+        info.update(chip_model=cpu_model(), count=1, threads=torch.get_num_threads())
     return info
 
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from mxn import __version__
 from mxn.config import get_settings
 from mxn.engines import EndpointConfig
 from mxn.engines.local.engine import LocalEngine
@@ -35,6 +36,7 @@ class EngineServer:
     def app(self) -> Starlette:
         routes = [
             Route("/health", self.health),
+            Route("/version", self.version),
             Route("/v1/models", self.models),
             Route("/v1/chat/completions", self.generate, methods=["POST"]),
             Route("/v1/completions", self.generate, methods=["POST"]),
@@ -48,6 +50,9 @@ class EngineServer:
         if self.engine.failed:
             return error_response(ServiceUnavailable("the model failed to load", code="engine_load_failed"))
         return json_response({"status": "ok", "model": self.name, **self.engine.stats()})
+
+    async def version(self, _request: Request) -> Response:
+        return json_response({"version": __version__, "hardware": self.engine.hardware})
 
     async def models(self, _request: Request) -> Response:
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "mxn"}

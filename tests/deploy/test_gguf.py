@@ -1,0 +1,276 @@
+"""GGUF for llama.cpp: mxn's demo model converted by llama.cpp's own converter (`make engines` installs it), the
+conversion cached by content, and llama.cpp's server answering as mxn's embedded engine does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from mxn.deploy import gguf
+from mxn.errors import MxnError
+from tests.conftest import ROOT, Proc, free_port, start
+
+ENGINES = ROOT / ".engines"
+LLAMACPP_PYTHON = ENGINES / "llamacpp" / "bin" / "python"
+# What a wrong pre-tokenizer splits differently: digits after a space, punctuation before letters, newlines,
+# contractions, Chinese beside Latin and digits.
+TEXTS = [
+    "What is mxn?",
+    "What is 1+1? 2048 tokens, port 8000.",
+    "Use base_url http://127.0.0.1:8000/v1 and your sk- key.",
+    "我想在apple工作1314151天～ 支持哪些芯片?",
+    "I've been 'told he's there, 'RE you sure?\n\n  \tok",
+    "<|im_start|>user\n你是谁?<|im_end|>\n",
+]
+PROMPTS = ["What is mxn?", "你是谁?", "How do I compare chips?"]
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_data_dir: Path) -> Path:
+    # No skip: the engines are part of `make test`, and a missing one is a failure to see.
+    assert (ENGINES / "llamacpp" / "convert" / "convert_hf_to_gguf.py").is_file(), "run `make engines`"
+    return demo_data_dir / "models" / "mxn-demo"
+
+
+@pytest.fixture(scope="module")
+def converted(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the cache dir, the demo model's GGUF in it)."""
+    cache = tmp_path_factory.mktemp("gguf-cache")
+    return cache, Path(gguf.ensure_gguf(str(demo_model), cache, ENGINES))
+
+
+def copy_model(model: Path, to: Path) -> Path:
+    shutil.copytree(model, to)
+    return to
+
+
+def test_demo_model_records_its_pretokenizer(demo_model: Path) -> None:
+    config = json.loads((demo_model / "tokenizer_config.json").read_text())
+    assert config[gguf.PRETOKENIZER_KEY] == "qwen2"
+
+
+def test_demo_model_converts_to_an_f16_gguf(converted: tuple[Path, Path]) -> None:
+    cache, out = converted
+    assert out.parent == cache and out.name.startswith("mxn-demo-") and out.suffix == ".gguf"
+    assert gguf.file_type(str(out)) == "f16"  # float32 weights: "auto" makes f16
+    assert [p.name for p in cache.glob("*.gguf")] == [out.name]  # no temporary file left beside it
+
+
+def test_unchanged_model_reuses_the_cached_gguf(
+    converted: tuple[Path, Path], demo_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, out = converted
+    before = out.stat().st_mtime_ns
+
+    def no_converter(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the converter ran again for an unchanged model")
+
+    monkeypatch.setattr(gguf.subprocess, "run", no_converter)
+    t0 = time.monotonic()
+    assert gguf.ensure_gguf(str(demo_model), cache, ENGINES) == str(out)
+    assert time.monotonic() - t0 < 2
+    assert out.stat().st_mtime_ns == before
+
+
+def test_changed_weights_convert_again(converted: tuple[Path, Path], demo_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    cache, out = converted
+    model = copy_model(demo_model, tmp_path / "mxn-demo")
+    weights = load_file(model / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+
+    again = Path(gguf.ensure_gguf(str(model), cache, ENGINES))
+    assert again != out and again.name.startswith("mxn-demo-") and again.is_file()
+    assert out.is_file()  # the first conversion stays for the model it was made from
+
+
+def test_unknown_pretokenizer_without_a_name_keeps_the_converter_error(demo_model: Path, tmp_path: Path) -> None:
+    model = copy_model(demo_model, tmp_path / "anonymous")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    del config[gguf.PRETOKENIZER_KEY]
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(gguf.ConversionFailed, match="BPE pre-tokenizer was not recognized"):
+        gguf.ensure_gguf(str(model), tmp_path / "cache", ENGINES)
+    assert not list((tmp_path / "cache").glob("*.gguf"))
+
+
+def test_missing_engine_says_make_engines(demo_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(MxnError, match="run `make engines`"):
+        gguf.ensure_gguf(str(demo_model), tmp_path / "cache", tmp_path / "no-engines")
+
+
+def test_a_gguf_file_is_used_as_is(tmp_path: Path) -> None:
+    assert gguf.ensure_gguf("/models/tiny.gguf", tmp_path, tmp_path / "no-engines") == "/models/tiny.gguf"
+    assert gguf.file_type("/models/tiny.gguf") is None  # missing: the engine says so when it loads it
+
+
+def test_llamacpp_tokenizes_as_the_hf_tokenizer(converted: tuple[Path, Path], demo_model: Path) -> None:
+    """What a wrong pre-tokenizer breaks: llama.cpp must split text into the ids transformers gives."""
+    from transformers import AutoTokenizer
+
+    code = (
+        "import json, sys\nfrom llama_cpp import Llama\n"
+        "llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)\n"
+        "texts = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]))\n"
+    )
+    done = subprocess.run(
+        [str(LLAMACPP_PYTHON), "-c", code, str(converted[1])],
+        input=json.dumps(TEXTS),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    expected = [tokenizer.encode(t, add_special_tokens=False) for t in TEXTS]
+    assert json.loads(done.stdout.splitlines()[-1]) == expected
+
+
+@pytest.fixture(scope="module")
+def reference(demo_model: Path) -> dict[str, tuple[list[int], list[int]]]:
+    """Per prompt: its chat-template ids and the ids transformers generates from them greedily, in float32 on the
+    CPU, as mxn's embedded engine does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    eos = stop_ids(demo_model)
+    out = {}
+    for prompt in PROMPTS:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        done = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=MAX_TOKENS, eos_token_id=eos)
+        answer = done[0][len(ids) :].tolist()
+        out[prompt] = (list(ids), answer[:-1] if answer[-1] in eos else answer)
+    return out
+
+
+def stop_ids(model: Path) -> list[int]:
+    """The token ids the model's generation stops at."""
+    eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    return eos if isinstance(eos, list) else [eos]
+
+
+def in_llamacpp(code: str, gguf_file: Path, payload: object) -> object:
+    """Run `code` in the llamacpp engine's interpreter with the GGUF path in argv and `payload` as JSON on stdin;
+    the JSON it prints last is the answer."""
+    done = subprocess.run(
+        [str(LLAMACPP_PYTHON), "-c", code, str(gguf_file)],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_llamacpp_generates_the_tokens_transformers_generates(
+    converted: tuple[Path, Path], demo_model: Path, reference: dict[str, tuple[list[int], list[int]]]
+) -> None:
+    """The GGUF's weights and vocabulary compute what the HF model computes: the same greedy tokens."""
+    code = (
+        "import json, sys\nfrom llama_cpp import Llama\n"
+        "llm = Llama(model_path=sys.argv[1], n_ctx=2048, verbose=False)\n"
+        "payload = json.loads(sys.stdin.read())\nanswers = []\n"
+        "for ids in payload['prompts']:\n"
+        "    answer = []\n"
+        "    for t in llm.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True):\n"
+        "        if t in payload['eos'] or len(answer) == payload['max']:\n"
+        "            break\n"
+        "        answer.append(t)\n"
+        "    answers.append(answer)\n"
+        "print(json.dumps(answers))\n"
+    )
+    prompts = [reference[p][0] for p in PROMPTS]
+    answers = in_llamacpp(code, converted[1], {"prompts": prompts, "eos": stop_ids(demo_model), "max": MAX_TOKENS})
+    assert answers == [reference[p][1] for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def llamacpp_server(converted: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """llama-cpp-python's server as mxn's `llamacpp` recipe starts it."""
+    port = free_port()
+    # `start` makes it die with this test run (PR_SET_PDEATHSIG), even a killed one.
+    cmd = [str(LLAMACPP_PYTHON), "-m", "llama_cpp.server"]
+    cmd += ["--model", str(converted[1]), "--model_alias", "mxn-demo", "--n_ctx", "2048"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path_factory.mktemp("llamacpp") / "server.log"
+    proc = start(cmd, f"http://127.0.0.1:{port}/v1/models", log, timeout=120)
+    proc.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mxn", "engine", "--model", str(demo_model)]
+    cmd += ["--name", "mxn-demo", "--port", str(port), "--device", "cpu"]
+    log = tmp_path_factory.mktemp("embedded") / "engine.log"
+    proc = start(cmd, f"http://127.0.0.1:{port}/health", log, timeout=120)
+    proc.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def greedy(proc: Proc, prompt: str) -> str:
+    client = OpenAI(base_url=proc.url, api_key="none", max_retries=0, timeout=120)
+    r = client.chat.completions.create(
+        model="mxn-demo",
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        # llama-cpp-python's server penalises repeats (1.1) unless told otherwise; greedy means none.
+        extra_body={"repeat_penalty": 1.0},
+    )
+    return r.choices[0].message.content or ""
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_llamacpp_server_answers_as_the_embedded_engine(
+    llamacpp_server: Proc,
+    embedded_server: Proc,
+    converted: tuple[Path, Path],
+    demo_model: Path,
+    reference: dict[str, tuple[list[int], list[int]]],
+    prompt: str,
+) -> None:
+    """Both real servers, asked the same through the OpenAI SDK, give the same tokens: the embedded engine's text
+    is their text, llama.cpp's is their text as llama-cpp-python detokenizes it."""
+    from transformers import AutoTokenizer
+
+    tokens = reference[prompt][1]
+    embedded = greedy(embedded_server, prompt)
+    assert embedded == AutoTokenizer.from_pretrained(demo_model).decode(tokens, skip_special_tokens=True)
+    # llama-cpp-python 0.3.36 leaves out of its text every token piece longer than 32 bytes (a fixed buffer in
+    # LlamaModel.detokenize; abetlen/llama-cpp-python#2362), and the demo's vocabulary has such tokens (long
+    # merged Chinese phrases): its text is compared with its own detokenization of the same tokens.
+    code = (
+        "import json, sys\nfrom llama_cpp import Llama\n"
+        "llm = Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)\n"
+        "print(json.dumps(llm.detokenize(json.loads(sys.stdin.read())).decode('utf-8', errors='ignore')))\n"
+    )
+    answer = greedy(llamacpp_server, prompt)
+    assert answer.strip(), llamacpp_server.output()[-2000:]
+    assert answer == in_llamacpp(code, converted[1], tokens)
