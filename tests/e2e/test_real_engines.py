@@ -127,8 +127,9 @@ def test_three_engines_serve_one_cell_each_with_its_detected_hardware(cell: Cell
         assert hw.get("dtype"), hw
     assert cell.endpoints["vllm"]["hardware"]["engine_version"].startswith("0.")
     assert cell.endpoints["vllm"]["hardware"]["dtype"] == "bfloat16"
-    with cell.admin() as admin:
-        (entry,) = [m for m in admin.get("/maas/mxn-demo/cpu/models").json()["data"] if m["id"] == "mxn-demo@cpu"]
+    with httpx.Client(headers={"authorization": f"Bearer {cell.key}"}, timeout=30) as http:
+        listed = http.get(cell.gateway.url + "/maas/mxn-demo/cpu/models").json()["data"]
+    (entry,) = [m for m in listed if m["id"] == "mxn-demo@cpu"]
     # The cell's disclosure names each engine that serves it.
     assert sorted(h["engine"] for h in entry["hardware"]["endpoints"]) == sorted(ENGINES)
 
@@ -152,7 +153,13 @@ def test_chat_and_stream_with_usage_through_each_engine(cell: Cell, engine: str)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == r.choices[0].message.content  # greedy: the stream says what the whole answer said
     usage = chunks[-1].usage
-    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
+    assert usage is not None and usage.prompt_tokens == r.usage.prompt_tokens
+    if engine == "llamacpp":
+        # Its server sends no usage in a stream: mxn counts the streamed text with the model's own tokenizer,
+        # which may join a piece or two that generation produced apart.
+        assert abs(usage.completion_tokens - r.usage.completion_tokens) <= 2, (usage, r.usage)
+    else:
+        assert usage.completion_tokens == r.usage.completion_tokens
 
 
 @pytest.mark.parametrize("engine", ["vllm", "llamacpp"])
@@ -303,7 +310,7 @@ def test_client_tools_work_straight_against_each_engine(cell: Cell, engine: str,
     bench = tool("bench", *server, "--plain", "--cell", "mxn-demo", *sizes, "--out", str(tmp_path / "bench"))
     assert bench.returncode == 0, bench.stdout + bench.stderr
     (result,) = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
-    assert result["completed"] == 4 and result["errors"] == 0, result
+    assert result["completed"] == 4 and result["errors"] == 0, result["first_errors"]
     assert result["tpot_ms"]["p50"] is not None and result["output_throughput"] > 0
 
 
@@ -317,7 +324,7 @@ def test_bench_compares_the_three_engines_of_one_cell(cell: Cell, tmp_path: Path
     results = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert [str(r["endpoint"]) for r in results] == ids
     assert [r["hardware"]["engine"] for r in results] == list(ENGINES)
-    assert all(r["completed"] == 4 and r["errors"] == 0 for r in results), results
+    assert all(r["completed"] == 4 and r["errors"] == 0 for r in results), [r["first_errors"] for r in results]
 
 
 # --- failure: vLLM killed under load ---
@@ -361,7 +368,7 @@ def test_vllm_killed_under_load_fails_no_non_stream_request(cell: Cell) -> None:
         stream = pinned.chat.completions.create(
             model="mxn-demo",
             messages=MESSAGES,
-            max_tokens=1800,
+            max_tokens=2000,
             temperature=0,
             stream=True,
             extra_body={"ignore_eos": True},
@@ -369,9 +376,9 @@ def test_vllm_killed_under_load_fails_no_non_stream_request(cell: Cell) -> None:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 got.append(chunk.choices[0].delta.content)
-                if len(got) == 20:
+                if len(got) == 1:  # at once: the tiny model writes 2,000 tokens in a few seconds
                     os.killpg(fresh["pid"], signal.SIGKILL)
-    assert 20 <= len(got) < 1800
+    assert 1 <= len(got) < 2000
     with cell.admin() as admin:
 
         def cut() -> list[dict[str, Any]]:
@@ -380,7 +387,7 @@ def test_vllm_killed_under_load_fails_no_non_stream_request(cell: Cell) -> None:
 
         (row, *_) = wait_for(cut, what="the cut stream's usage record")
     # Charged for what streamed (counted again by the model's tokenizer, which may join a few pieces), not more.
-    assert len(got) // 2 <= row["completion_tokens"] < 1800, row
+    assert len(got) // 2 <= row["completion_tokens"] < 2000, row
 
 
 # --- undeploy: no process left ---

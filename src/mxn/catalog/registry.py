@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,7 @@ from mxn import engines
 from mxn.engines import EndpointConfig, Engine
 from mxn.errors import ModelNotFound, NotFound
 from mxn.moderation.rules import RuleCache, Rules
-from mxn.store.models import Chip, Deployment, Endpoint, Model, ModerationRule
+from mxn.store.models import Chip, Deployment, Endpoint, ManagedDeployment, Model, ModerationRule
 from mxn.tokens import Tokenizer, get_tokenizer
 
 
@@ -136,6 +137,11 @@ class Catalog:
 _rule_cache = RuleCache()
 
 
+def _model_dirs(managed: Sequence[Any]) -> list[tuple[int, str]]:
+    """(deployment id, source) of the managed deployments whose source is a model directory (a stat each)."""
+    return [(deployment_id, source) for deployment_id, source in managed if Path(source).is_dir()]
+
+
 def _disclosure(seen: list[dict[str, Any]]) -> dict[str, Any]:
     """The cell's disclosure from its endpoints': the common one, or `{"endpoints": [...]}` when they differ (vLLM
     and llama.cpp on the same chip)."""
@@ -152,10 +158,14 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
         deployments = (await s.execute(select(Deployment).order_by(Deployment.id))).scalars().all()
         endpoints = (await s.execute(select(Endpoint).order_by(Endpoint.id))).scalars().all()
         rule_sets = (await s.execute(select(ModerationRule).order_by(ModerationRule.id))).scalars().all()
+        managed = (await s.execute(select(ManagedDeployment.deployment_id, ManagedDeployment.source))).all()
     cat = Catalog()
     # A model served by the embedded engine counts with that engine's own tokenizer unless told otherwise.
     model_of = {d.id: d.model for d in deployments}
     local_paths = {model_of[e.deployment_id]: e.path for e in endpoints if e.engine == "local" and e.path}
+    # So does one that mxn deployed from a model directory (vLLM, llama.cpp, ... on the same files).
+    for deployment_id, source in _model_dirs(managed):
+        local_paths.setdefault(model_of[deployment_id], source)
     for m in models:
         cat.models[m.name] = ModelInfo(
             m.name,

@@ -216,7 +216,10 @@ async def _load(
             "messages": [{"role": "user", "content": text}],
             "max_tokens": s.output_len,
             "temperature": 0,
-            "ignore_eos": True,  # vLLM and mxn's engine honour it; others ignore it
+            # Every answer runs to `max_tokens`: vLLM and mxn's engine honour `ignore_eos`, llama.cpp's server
+            # `min_tokens` (vLLM too); a server that knows neither ignores them.
+            "ignore_eos": True,
+            "min_tokens": s.output_len,
         }
 
     start = time.perf_counter()
@@ -256,7 +259,8 @@ def _measure(
             tpot.append(per_token)
         if (r.ttft or 0) * 1000 <= s.slo_ttft_ms and (per_token is None or per_token * 1000 <= s.slo_tpot_ms):
             good += 1
-    errors = [r.error for r in results if not r.ok]
+    # A stream that ended with no content is counted as failed too (TTFT has no meaning for it): say so.
+    errors = [r.error or f"no content (finish_reason {r.finish_reason})" for r in results if r.error or r.ttft is None]
     return {
         "cell": target.cell,
         "endpoint": target.endpoint,

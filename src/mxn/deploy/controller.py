@@ -177,14 +177,19 @@ class Controller:
         return changed
 
     async def _forget(self, s: AsyncSession, m: ManagedDeployment, d: Deployment) -> None:
-        """The end of `mxn undeploy`: its row goes, and the cell too if deploy made it and nothing else serves it."""
+        """The end of `mxn undeploy`: its row goes, and the cell too if deploy made it and nothing else serves it.
+        While another engine's managed deployment remains in the cell, that one inherits the cell."""
         await s.delete(m)
-        if m.created_cell:
-            endpoints = select(func.count()).where(Endpoint.deployment_id == d.id)
-            managed = select(func.count()).where(ManagedDeployment.deployment_id == d.id, ManagedDeployment.id != m.id)
-            others = (await s.execute(endpoints)).scalar_one() + (await s.execute(managed)).scalar_one()
-            if not others:
-                await s.execute(delete(Deployment).where(Deployment.id == d.id))
+        if not m.created_cell:
+            return
+        same_cell = (ManagedDeployment.deployment_id == d.id, ManagedDeployment.id != m.id)
+        heir = (await s.execute(select(ManagedDeployment).where(*same_cell))).scalar()
+        if heir is not None:
+            heir.created_cell = True
+            return
+        others = (await s.execute(select(func.count()).where(Endpoint.deployment_id == d.id))).scalar_one()
+        if not others:
+            await s.execute(delete(Deployment).where(Deployment.id == d.id))
 
     async def close(self) -> None:
         if self._task is not None:

@@ -42,18 +42,26 @@ def finish_reason(value: Any) -> str | None:
     return _FINISH_ALIASES.get(str(value).lower(), "stop")
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The upstream's usage when it is complete; our own count for whatever it omitted."""
+def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The upstream's usage when it is complete; our own count for whatever it omitted. Its details (cached prompt
+    tokens, reasoning tokens) pass through as the engine gave them."""
     if isinstance(upstream, dict):
         prompt = upstream.get("prompt_tokens")
         completion = upstream.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else prompt_tokens
         completion = completion if isinstance(completion, int) else completion_tokens
-        return _usage(prompt, completion)
+        usage: dict[str, Any] = _usage(prompt, completion)
+        for name in USAGE_DETAILS:
+            if isinstance(upstream.get(name), dict):
+                usage[name] = upstream[name]
+        return usage
     return _usage(prompt_tokens, completion_tokens)
 
 
@@ -127,7 +135,7 @@ class StreamNormalizer:
                 self.texts.setdefault(index, []).append(text)
         return c
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         completion = sum(self.tok.count("".join(parts)) for parts in self.texts.values())
         return settle_usage(self.upstream_usage, self.prompt_tokens, completion)
 

@@ -35,9 +35,10 @@ OPTIONAL_PARAMS = frozenset(
 )
 
 
-# Of those, the ones mxn itself provides whatever the engine takes: usage is counted when an engine sends none,
-# `max_completion_tokens` becomes `max_tokens`, `user` is only a label.
-PROVIDED = frozenset({"stream_options", "max_completion_tokens", "user"})
+# Of those, the ones a request may set whatever its engine takes: mxn provides them (usage is counted when an engine
+# sends none; `max_completion_tokens` becomes `max_tokens`), or they are hints (`user` is a label; `ignore_eos` only
+# asks a benchmark's answers to run to `max_tokens`). Every other one must be taken, or the request gets a 400.
+PROVIDED = frozenset({"stream_options", "max_completion_tokens", "user", "ignore_eos"})
 
 
 @dataclass(slots=True)
