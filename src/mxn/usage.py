@@ -38,6 +38,9 @@ def record(**values: Any) -> dict[str, Any]:
     return values
 
 
+CLOSE_WAIT = 30.0  # seconds close() lets a write under way finish
+
+
 class UsageWriter:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], interval: float = 0.5, batch: int = 500) -> None:
         self.sessions = sessions
@@ -46,6 +49,7 @@ class UsageWriter:
         self.pending: list[dict[str, Any]] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop())
@@ -56,7 +60,7 @@ class UsageWriter:
             self.wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self.closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.interval)
             self.wake.clear()
@@ -79,8 +83,15 @@ class UsageWriter:
                 return
 
     async def close(self) -> None:
+        """Write what is pending. A write under way is let finish rather than cancelled: cancelled inside its
+        commit, it may have landed all the same, and writing those rows again would count them twice."""
+        self.closing = True
+        self.wake.set()
         if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), CLOSE_WAIT)
+            except TimeoutError:  # a store that does not answer: give up on that write, keep its rows
+                self.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
         await self.flush()

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from mxn.deploy import gguf
-from mxn.errors import MxnError
+from mxn.errors import InvalidRequest, MxnError
 from tests.conftest import ROOT, Proc, free_port, start
 
 ENGINES = ROOT / ".engines"
@@ -112,9 +112,13 @@ def test_missing_engine_says_make_engines(demo_model: Path, tmp_path: Path) -> N
         gguf.ensure_gguf(str(demo_model), tmp_path / "cache", tmp_path / "no-engines")
 
 
-def test_a_gguf_file_is_used_as_is(tmp_path: Path) -> None:
-    assert gguf.ensure_gguf("/models/tiny.gguf", tmp_path, tmp_path / "no-engines") == "/models/tiny.gguf"
-    assert gguf.file_type("/models/tiny.gguf") is None  # missing: the engine says so when it loads it
+def test_a_gguf_file_is_used_as_is(converted: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = converted
+    assert gguf.ensure_gguf(str(out), tmp_path, tmp_path / "no-engines") == str(out)
+    assert gguf.file_type("/models/tiny.gguf") is None
+    # A GGUF file that is not there cannot start: said before any engine is launched.
+    with pytest.raises(InvalidRequest, match=r"no GGUF file at /models/tiny\.gguf"):
+        gguf.ensure_gguf("/models/tiny.gguf", tmp_path, tmp_path / "no-engines")
 
 
 def test_llamacpp_tokenizes_as_the_hf_tokenizer(converted: tuple[Path, Path], demo_model: Path) -> None:

@@ -40,7 +40,9 @@ def ensure_gguf(source: str, cache_dir: Path, engines_dir: Path) -> str:
     """A GGUF file for `source`: a `.gguf` path as is, a HuggingFace model directory converted (or its cached
     conversion). Blocking, and minutes for a large model: call it off the event loop."""
     if source.endswith(".gguf"):
-        return source  # the engine says so itself if it is missing
+        if not resolve_path(source).is_file():
+            raise InvalidRequest(f"no GGUF file at {source}", param="model")
+        return source
     model = resolve_path(source)
     if not (model / "config.json").is_file():
         raise InvalidRequest(f"{source} is neither a .gguf file nor a HuggingFace model directory", param="model")

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,9 @@ def _engine_version(launched: Launch, timeout: float) -> dict[str, Any]:
     its own interpreter (as `{field: version}`); {} when it does not say."""
     how = launched.version
     if how.url:
-        base = launched.health_url[: launched.health_url.index("/", len("http://"))]
+        where = urllib.parse.urlsplit(launched.health_url)
         try:
-            with urllib.request.urlopen(base + how.url, timeout=timeout) as r:
+            with urllib.request.urlopen(f"{where.scheme}://{where.netloc}{how.url}", timeout=timeout) as r:
                 answer = json.loads(r.read())
             return answer if isinstance(answer, dict) else {}
         except (OSError, ValueError):
