@@ -22,6 +22,12 @@ import pytest
 from mxn.deploy.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A run started as a background job of a non-interactive shell (`make test &`, some CI runners) inherits SIGINT
+# ignored, and so would every process a test starts: the tests of Ctrl-C in `mxn chat` and `mxn batch` could not
+# work. Children get the default back (a Python child then raises KeyboardInterrupt on it, as in a terminal).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 PG_ADMIN_URL = os.environ.get("MXN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
