@@ -66,7 +66,6 @@ class Launch:
     dtype: str | None = None
     version: Version = field(default_factory=Version)
     python: str | None = None  # the engine's interpreter, where it has one
-    supports: list[str] | None = None
 
 
 def engine_python(engine: str, engines_dir: str | Path) -> str:
@@ -143,5 +142,4 @@ def render(
         dtype,
         recipe.version,
         python if "{engine_python}" in recipe.command else sys.executable,
-        recipe.supports,
     )

@@ -118,11 +118,10 @@ def able(prepared: Prepared, candidates: list[EndpointInfo], cell: Cell) -> list
     fit = [e for e in candidates if e.supports is None or prepared.asked <= e.supports]
     if fit or not candidates:
         return fit
-    missing = sorted(prepared.asked - candidates[0].supports) if candidates[0].supports is not None else []
+    # No candidate fits, so each has a `supports` list that lacks one of them: name the first the first one lacks.
+    name = min(prepared.asked - (candidates[0].supports or frozenset()))
     raise InvalidRequest(
-        f"'{missing[0]}' is not supported by the engine serving {cell.name}",
-        param=missing[0],
-        code="unsupported_parameter",
+        f"'{name}' is not supported by the engine serving {cell.name}", param=name, code="unsupported_parameter"
     )
 
 
