@@ -34,7 +34,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ import httpx
 from mxn import __version__
 from mxn.chips.detect import cpu_model
 from mxn.client import bench as mxn_bench
-from mxn.deploy.process import _die_with_parent
+from mxn.deploy.process import _die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -82,12 +81,10 @@ for line in sys.stdin:
     with open(done, "w") as f:
         f.write(status)
 """
-# The engines inherit the gateway's environment. llama-cpp-python's server ends a stream as soon as another request
-# waits (`interrupt_requests`, default true; its recipe does not turn it off): at concurrency above 1 nearly every
-# stream would be cut short. And one compute thread per engine, as vLLM (which keeps a core for its front end) and
-# llama.cpp take on two cores anyway: torch's two threads in mxn's engine spin at each barrier whenever the other is
-# descheduled, which on a shared 2-core machine made its figures swing tenfold between runs.
-ENGINE_ENV = {"INTERRUPT_REQUESTS": "false", "OMP_NUM_THREADS": "1"}
+# The engines inherit the gateway's environment: one compute thread per engine, as vLLM (which keeps a core for its
+# front end) and llama.cpp take on two cores anyway: torch's two threads in mxn's engine spin at each barrier
+# whenever the other is descheduled, which on a shared 2-core machine made its figures swing tenfold between runs.
+ENGINE_ENV = {"OMP_NUM_THREADS": "1"}
 # vLLM's benchmark runs at vLLM, as the issue asks, and at mxn's engine as a control: on two cores vLLM's own
 # processes keep both busy (its worker computes on one, its engine core polls on the other), its API server gets
 # the CPU in bursts and streams tokens in lumps, so no client can time its tokens there; mxn's engine streams
@@ -120,12 +117,6 @@ START = time.monotonic()
 
 def say(line: str) -> None:
     print(f"[{time.monotonic() - START:5.0f}s] {line}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
