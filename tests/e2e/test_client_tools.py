@@ -17,8 +17,11 @@ from typing import Any
 import httpx
 import pexpect
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from mxn.client import bench as benchmark
+from mxn.client import stream
 from tests.conftest import ROOT, Proc, Server, first_start_key, start_serve, start_upstream
 
 # The fake upstream sends one word per chunk, `--delay` seconds apart: 20 ms per token on nvidia, 40 on amd.
@@ -302,14 +305,20 @@ def test_bench_hardware_is_empty_with_a_note_when_the_server_will_not_say() -> N
     settings = benchmark.Settings(base_url="http://gateway.test", api_key="sk-x", cells=["m@nvidia"])
     notes: list[str] = []
 
-    async def ask(answer: httpx.Response) -> dict[str, Any]:
-        transport = httpx.MockTransport(lambda _request: answer)
-        async with httpx.AsyncClient(transport=transport) as http:
-            return await benchmark.hardware(settings, http, benchmark.Target("m@nvidia"), notes.append)
+    async def ask(status: int, body: bytes) -> dict[str, Any]:
+        # A real HTTP server on 127.0.0.1 that gives the same answer to everything.
+        async def answer(_request: web.Request) -> web.Response:
+            return web.Response(status=status, body=body, content_type="application/json")
 
-    assert asyncio.run(ask(httpx.Response(500, text="boom"))) == {}
-    assert asyncio.run(ask(httpx.Response(200, text="not json"))) == {}
-    assert asyncio.run(ask(httpx.Response(200, json=["not", "a", "mapping"]))) == {}
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        async with TestServer(app, host="127.0.0.1") as site, stream.session(10, 2) as http:
+            s = benchmark.Settings(base_url=str(site.make_url("")), api_key="sk-x", cells=settings.cells)
+            return await benchmark.hardware(s, http, benchmark.Target("m@nvidia"), notes.append)
+
+    assert asyncio.run(ask(500, b"boom")) == {}
+    assert asyncio.run(ask(200, b"not json")) == {}
+    assert asyncio.run(ask(200, b'["not", "a", "mapping"]')) == {}
     assert len(notes) == 3 and all(n.startswith("m@nvidia: no hardware disclosure") for n in notes), notes
 
 

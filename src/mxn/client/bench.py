@@ -24,11 +24,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import yaml
 
 from mxn import __version__
-from mxn.client.stream import StreamResult, headers, stream_chat
+from mxn.client.stream import StreamResult, headers, session, stream_chat
 
 WORDS = (
     "the of and to in is that for it as with was on be by at this are from or have an they which one you were "
@@ -133,14 +133,14 @@ def cell_url(s: Settings, cell: str) -> tuple[str, str]:
     return f"{base}/maas/{model}/{chip}/chat/completions", model
 
 
-async def hardware(s: Settings, http: httpx.AsyncClient, target: Target, say: Any = print) -> dict[str, Any]:
+async def hardware(s: Settings, http: aiohttp.ClientSession, target: Target, say: Any = print) -> dict[str, Any]:
     """What the server discloses about the hardware behind a target; {} (and a note) when it will not say."""
     base = s.base_url.rstrip("/")
     try:
         if s.plain:
-            r = await http.get(f"{base}/models", headers=headers(s.api_key))
-            r.raise_for_status()
-            entry = next((m for m in r.json().get("data") or () if m.get("id") == target.cell), None)
+            async with http.get(f"{base}/models", headers=headers(s.api_key), raise_for_status=True) as r:
+                listed = await r.json(content_type=None)
+            entry = next((m for m in listed.get("data") or () if m.get("id") == target.cell), None)
             if entry is None:
                 say(f"{target.name}: no hardware disclosure: {base}/models does not list it")
                 return {}
@@ -149,18 +149,20 @@ async def hardware(s: Settings, http: httpx.AsyncClient, target: Target, say: An
             # All a plain OpenAI server tells of itself is in its model entry (vLLM: owned_by, root, max_model_len).
             return {k: v for k, v in entry.items() if k not in ("id", "object", "created")}
         model, _, chip = target.cell.partition("@")
-        r = await http.post(
-            f"{base}/maas/{model}/{chip}/get_model_details", content=b"{}", headers=headers(target.key(s.api_key))
-        )
-        r.raise_for_status()
-        found = r.json().get("hardware")
+        async with http.post(
+            f"{base}/maas/{model}/{chip}/get_model_details",
+            data=b"{}",
+            headers=headers(target.key(s.api_key)),
+            raise_for_status=True,
+        ) as r:
+            found = (await r.json(content_type=None)).get("hardware")
         disclosed = dict(found) if isinstance(found, dict) else {}
         if target.endpoint is not None and disclosed.get("endpoint") != target.endpoint:
             say(
                 f"{target.name}: the server did not confirm the pin (not an endpoint of this cell, or not an admin key)"
             )
         return disclosed
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
         say(f"{target.name}: no hardware disclosure: {type(exc).__name__}: {str(exc)[:200]}")
         return {}
 
@@ -198,7 +200,7 @@ class Counter:
 
 async def _load(
     s: Settings,
-    http: httpx.AsyncClient,
+    http: aiohttp.ClientSession,
     url: str,
     key: str | None,
     model: str,
@@ -288,8 +290,7 @@ async def run(s: Settings, say: Any = print) -> dict[str, Any]:
     count = Counter(s.tokenizer)
     loads = [str(c) for c in s.concurrency] if s.request_rate is None else [f"rate={s.request_rate}"]
     results = []
-    limits = httpx.Limits(max_connections=max(s.concurrency) * 2 + 8)
-    async with httpx.AsyncClient(timeout=s.timeout, limits=limits, trust_env=False) as http:
+    async with session(s.timeout, max(s.concurrency) * 2 + 8) as http:
         for target in targets(s):
             url, model = cell_url(s, target.cell)
             key = target.key(s.api_key)
@@ -316,7 +317,7 @@ async def run(s: Settings, say: Any = print) -> dict[str, Any]:
             "platform": platform.platform(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
-            "httpx": httpx.__version__,
+            "aiohttp": aiohttp.__version__,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         "results": results,

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 
@@ -37,24 +37,28 @@ def headers(api_key: str | None) -> dict[str, str]:
     return sent
 
 
-async def stream_chat(http: httpx.AsyncClient, url: str, api_key: str | None, body: dict[str, Any]) -> StreamResult:
-    """POST `body` with stream on to `url` (a .../chat/completions URL); never raises for HTTP errors."""
+async def stream_chat(http: aiohttp.ClientSession, url: str, api_key: str | None, body: dict[str, Any]) -> StreamResult:
+    """POST `body` with stream on to `url` (a .../chat/completions URL); never raises for HTTP errors.
+
+    aiohttp, as vLLM's own benchmark client uses: on a machine whose cores the engine shares, the client's CPU per
+    chunk slows what it measures, and aiohttp's C parser reads a chunk for well under half of httpx's cost.
+    """
     result = StreamResult()
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     last: float | None = None
     parts: list[str] = []
     try:
-        async with http.stream("POST", url, content=orjson.dumps(body), headers=headers(api_key)) as r:
-            if r.status_code >= 400:
-                detail = (await r.aread()).decode(errors="replace")[:300]
-                result.error = f"HTTP {r.status_code}: {detail}"
+        async with http.post(url, data=orjson.dumps(body), headers=headers(api_key)) as r:
+            if r.status >= 400:
+                detail = (await r.read()).decode(errors="replace")[:300]
+                result.error = f"HTTP {r.status}: {detail}"
                 return result
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw in r.content:  # one line at a time
+                if not raw.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+                data = raw[5:].strip()
+                if data == b"[DONE]":
                     break
                 chunk = orjson.loads(data)
                 if "error" in chunk and not chunk.get("choices"):
@@ -76,8 +80,20 @@ async def stream_chat(http: httpx.AsyncClient, url: str, api_key: str | None, bo
                         parts.append(text)
                     if choice.get("finish_reason"):
                         result.finish_reason = choice["finish_reason"]
-    except (httpx.HTTPError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:300]
     result.latency = time.perf_counter() - start
     result.text = "".join(parts)
     return result
+
+
+def session(timeout: float, connections: int) -> aiohttp.ClientSession:
+    """The client tools' HTTP session: `connections` pooled keep-alive connections, no proxy from the environment.
+
+    `timeout` bounds connecting and each wait for data, not a whole answer (a long stream that keeps coming is fine).
+    """
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+        connector=aiohttp.TCPConnector(limit=connections),
+        trust_env=False,
+    )
