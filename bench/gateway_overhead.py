@@ -1,6 +1,7 @@
 """What the gateway adds over calling the upstream directly, measured in one run.
 
     python bench/gateway_overhead.py [--duration 10] [--concurrency 32,128] [--only direct,mxn-sqlite,...]
+                                     [--before DIR]
 
 A fast mock upstream (bench/mock_upstream.py, its own process) and the load generator (wrk) share core 0;
 the gateway under test is pinned to core 1. Each target is loaded with non-stream requests and with 20-chunk
@@ -564,6 +565,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 128])
     ap.add_argument("--only", default=f"{TARGETS},{SECTIONS}", help=f"targets ({TARGETS}) and parts ({SECTIONS})")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gateway_overhead.json"))
+    ap.add_argument("--before", help="also measure `mxn serve` from this source tree (target mxn-before)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
@@ -585,6 +587,12 @@ def main() -> None:
             cmd, env, base = mxn_target(mock, {"MXN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/mxn.db"}, tmp)
             with process(cmd, f"{base}/readyz", 1, env) as p:
                 rows += measure("mxn-sqlite", f"{base}/v1/chat/completions", bench_key(base), p.pid, args)
+        if args.before:
+            # The same target from another source tree (e.g. a `git worktree` of the last release), in this run.
+            db = {"MXN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/before.db", "PYTHONPATH": f"{args.before}/src"}
+            cmd, env, base = mxn_target(mock, db, tmp)
+            with process(cmd, f"{base}/readyz", 1, env) as p:
+                rows += measure("mxn-before", f"{base}/v1/chat/completions", bench_key(base), p.pid, args)
         if "mxn-pg-redis" in only:
             with pg_and_redis() as stores:
                 cmd, env, base = mxn_target(mock, stores, tmp)

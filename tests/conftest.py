@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,48 @@ ROOT = Path(__file__).resolve().parent.parent
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 PG_ADMIN_URL = os.environ.get("MXN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+E2E = ROOT / "tests" / "e2e"
+# A test that uses one of these fixtures needs that service on this machine.
+SERVICE_FIXTURES = {"pg_url": "postgres", "redis_url": "redis"}
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "seen") -> Any:
-    """Poll `check` until it returns something truthy, and return that; fail after `timeout` seconds."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from where a test is and what it uses (pyproject.toml lists them): everything under tests/e2e
+    starts processes; a PostgreSQL or Redis fixture needs that service. Elsewhere a test says so itself."""
+    for item in items:
+        if item.path.resolve().is_relative_to(E2E):  # ROOT is resolved: a checkout reached through a link
+            item.add_marker(pytest.mark.e2e)
+        for fixture, marker in SERVICE_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "seen", interval: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy, and return that; fail after `timeout` seconds (having
+    checked at least once)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
+    while not (found := check()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not {what} within {timeout:g}s")
+        time.sleep(interval)
+    return found
+
+
+async def wait_for_async(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 20,  # noqa: ASYNC109 - as wait_for's: a caller's asyncio.timeout could not say what never came
+    what: str = "seen",
+    interval: float = 0.2,
+) -> Any:
+    """`wait_for` inside an event loop: await `check` until it returns something truthy; a hung check counts too."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if found := await check():
+                    return found
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"not {what} within {timeout:g}s") from None
 
 
 @dataclass
@@ -119,8 +151,6 @@ def start_upstream(tmp: Path, mode: str, *extra: str, port: int | None = None) -
 
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped afterwards."""
-    import asyncio
-
     import asyncpg
 
     name = f"mxn_test_{secrets.token_hex(4)}"
@@ -139,7 +169,7 @@ def pg_database() -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'mxn.db'}"
@@ -173,6 +203,17 @@ class Server:
 
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key or self.key}"}, timeout=30)
+
+    def usage_written(self) -> bool:
+        """The usage writer has nothing pending: every request `mxn_requests_total` counted has its record in the
+        store (one record per counted request, as test_routing_chaos asserts)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with self.admin() as admin:
+            families = text_string_to_metric_families(admin.get("/metrics").text)
+            counted = sum(s.value for f in families for s in f.samples if s.name == "mxn_requests_total")
+            written = len(admin.get("/admin/usage", params={"limit": 100_000}).json()["data"])
+        return written >= counted
 
     @contextmanager
     def temporary_cell(self, model: str, chip: str, *endpoints: dict[str, Any]) -> Iterator[dict[str, Any]]:

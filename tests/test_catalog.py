@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import delete, update
 
 from mxn.catalog.apply import apply_catalog
 from mxn.catalog.loader import CatalogError, load_catalog, parse_catalog
+from mxn.catalog.registry import EndpointInfo, EndpointState, load_catalog_snapshot
+from mxn.engines import EndpointConfig, Unavailable
+from mxn.engines.pool import EnginePool
+from mxn.moderation.rules import RuleCache
 from mxn.store.db import create_engine, sessionmaker
 from mxn.store.migrate import upgrade
+from mxn.store.models import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +116,76 @@ def test_apply_is_idempotent(tmp_path: Path) -> None:
     assert first["created"] == 7 + 24 + 43 + 43
     assert second == {"created": 0, "updated": 0, "removed": 0}
     assert third == {"created": 0, "updated": 0, "removed": 0}  # deployments stay; only their file endpoints go
+
+
+class _Engine(Unavailable):
+    """Records its config and how often it was closed."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        super().__init__("recorded")
+        self.config, self.closed = config, 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+TWO_ENDPOINTS = """\
+models:
+  - {name: m, context_length: 4096}
+deployments:
+  - model: m
+    chip: nvidia
+    endpoints:
+      - {url: "http://a:8000/v1"}
+      - {url: "http://b:8000/v1"}
+"""
+
+
+def test_a_reload_keeps_unchanged_engines_rebuilds_changed_ones_and_closes_removed_ones(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    built: list[_Engine] = []
+
+    def factory(config: EndpointConfig, _client: object) -> _Engine:
+        built.append(_Engine(config))
+        return built[-1]
+
+    async def reloads() -> list[dict[int, EndpointInfo]]:
+        db = create_engine(url)
+        sessions = sessionmaker(db)
+        pool, rules = EnginePool(None, factory), RuleCache()
+
+        async def snapshot() -> dict[int, EndpointInfo]:
+            catalog = await load_catalog_snapshot(sessions, pool, rules)
+            return {e.id: e for e in catalog.cells[("m", "nvidia")].endpoints}
+
+        async def change(*statements: Any) -> None:
+            async with sessions() as s:
+                for statement in statements:
+                    await s.execute(statement)
+                await s.commit()
+
+        try:
+            async with sessions() as s:
+                await apply_catalog(s, parse_catalog(TWO_ENDPOINTS))
+            first = await snapshot()
+            a, b = sorted(first)
+            await change(update(Endpoint).where(Endpoint.id == a).values(state="stopped", weight=5))
+            second = await snapshot()  # the operator's state and weight are not the engine's business
+            await change(update(Endpoint).where(Endpoint.id == a).values(url="http://a2:8000/v1"))
+            third = await snapshot()
+            await change(delete(Endpoint).where(Endpoint.id == b))
+            fourth = await snapshot()
+            await pool.close()
+            return [first, second, third, fourth]
+        finally:
+            await db.dispose()
+
+    first, second, third, fourth = asyncio.run(reloads())
+    a, b = sorted(first)
+    assert first[a].state is EndpointState.RUNNING and second[a].state is EndpointState.STOPPED
+    assert second[a].engine is first[a].engine and second[b].engine is first[b].engine
+    assert third[a].engine is not first[a].engine and third[a].config.url == "http://a2:8000/v1"
+    assert third[b].engine is first[b].engine and set(fourth) == {a}
+    # Each engine was closed once: the first of `a` when its URL changed, `b`'s when it went, the rest at the end.
+    assert len(built) == 3 and [e.closed for e in built] == [1, 1, 1]

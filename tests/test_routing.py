@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
+import httpx
 import pytest
 
-from mxn.catalog.registry import Cell, ChipInfo, EndpointInfo, ModelInfo
+from mxn.catalog.registry import Catalog, Cell, ChipInfo, EndpointInfo, EndpointState, ModelInfo
+from mxn.engines import EndpointConfig, Unavailable
 from mxn.errors import RateLimited, ServiceUnavailable
 from mxn.routing import CLOSED, HALF_OPEN, OPEN, Router
 
@@ -17,7 +20,8 @@ def cell(*endpoints: EndpointInfo) -> Cell:
 
 
 def ep(i: int, weight: int = 1, priority: int = 0, cap: int | None = None) -> EndpointInfo:
-    return EndpointInfo(i, "running", weight, priority, None, None, object(), {"url": "http://x"}, cap)  # type: ignore[arg-type]
+    config = EndpointConfig(i, "openai", url="http://x")
+    return EndpointInfo(i, EndpointState.RUNNING, weight, priority, None, None, Unavailable("unused"), config, cap)
 
 
 def test_weight_decides_among_idle_endpoints() -> None:
@@ -54,3 +58,39 @@ def test_breaker_opens_probes_once_and_a_probe_without_verdict_frees_it() -> Non
     router.finished(probe)  # e.g. the probe got a 429: no verdict, but the slot is free again
     router.succeeded(router.started(c, router.candidates(c)[0]))
     assert h.breaker == CLOSED
+
+
+class KnowsItsHealth(Unavailable):
+    def __init__(self, healthy: bool) -> None:
+        super().__init__("unused")
+        self.healthy = healthy
+
+    async def health(self) -> bool:
+        return self.healthy
+
+
+async def test_an_engine_that_knows_its_health_is_not_probed_over_http() -> None:
+    asked: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200)
+
+    local, remote = ep(1), ep(2)
+    local.engine = KnowsItsHealth(False)
+    router, c = Router(), cell(local, remote)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+        await router.check_all(Catalog(cells={("m", "nvidia"): c}), client)
+    assert asked == ["http://x/models"]
+    assert router.state(c, local) == EndpointState.UNHEALTHY == "unhealthy"
+    assert router.state(c, remote) == "running" and router.cell_state(c) == "running"
+
+
+def test_an_endpoint_moved_elsewhere_starts_with_a_clean_record() -> None:
+    router, c = Router(failures_to_open=1), cell(ep(1))
+    router.failed(router.started(c, c.endpoints[0]), "boom")
+    assert router.state(c, c.endpoints[0]) == "unhealthy"
+    same = replace(c.endpoints[0], config=replace(c.endpoints[0].config, timeouts={"total": 5.0}))
+    assert router.of(c, same).breaker == OPEN  # a reload that did not move it keeps what was learnt
+    moved = replace(same, config=replace(same.config, url="http://y"))
+    assert router.of(c, moved).breaker == CLOSED and router.state(c, moved) == "running"

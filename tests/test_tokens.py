@@ -17,10 +17,10 @@ import tiktoken.registry
 import tiktoken_ext.openai_public as openai_public
 
 import mxn.tokens as tokens
-from mxn.tokens import Tokenizer, get_tokenizer, known_encodings
+from mxn.tokens import Tokenizer, encodings, get_tokenizer, known_encodings, ranks, resolve
 
 DATA_DIR = Path(tokens.__file__).with_name("data")
-QWEN_RANK_FILE = tokens._package_file("dashscope", "resources", "qwen.tiktoken")
+QWEN_RANK_FILE = ranks.package_file("dashscope", "resources", "qwen.tiktoken")
 IM_START, IM_END = 151644, 151645
 
 # The OpenAI cookbook's example ("How to count tokens with tiktoken"): 129 prompt tokens for
@@ -57,14 +57,14 @@ def _tiktoken_definition(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[di
     Returns the definition dict and the expected_hash values tiktoken would have verified.
     """
     hashes: list[str] = []
-    ranks = tokens._mergeable_ranks(tokens._DEFS[name].rank_file)
+    table = ranks.mergeable_ranks(encodings.DEFS[name].rank_file)
 
     def fake_load(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
         hashes.append(str(expected_hash))
-        return ranks
+        return table
 
     monkeypatch.setattr(openai_public, "load_tiktoken_bpe", fake_load)
-    monkeypatch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda **kw: ranks)
+    monkeypatch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda **kw: table)
     return openai_public.ENCODING_CONSTRUCTORS[name](), hashes
 
 
@@ -107,8 +107,8 @@ def test_definitions_match_tiktoken_ext(name: str, monkeypatch: pytest.MonkeyPat
     assert enc._special_tokens == expected["special_tokens"]
     assert enc.n_vocab == expected.get("explicit_n_vocab", enc.n_vocab)
     if name != "gpt2":  # gpt2 is built from vocab.bpe/encoder.json; its ranks are r50k's (checked below)
-        rank_file = tokens._DEFS[name].rank_file
-        assert hashes == [hashlib.sha256(tokens._rank_file_bytes(rank_file)).hexdigest()]
+        rank_file = encodings.DEFS[name].rank_file
+        assert hashes == [hashlib.sha256(ranks.rank_file_bytes(rank_file)).hexdigest()]
 
 
 def test_bundled_r50k_file_is_tiktokens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +127,7 @@ def test_p50k_base_construction_reproduces_tiktokens_hash(monkeypatch: pytest.Mo
     # Built independently of the module: 24 runs of 2..25 spaces appended at ranks 50257..50280.
     extra = b"".join(b"%s %d\n" % (base64.b64encode(b" " * n), 50257 + n - 2) for n in range(2, 26))
     assert hashlib.sha256(r50k + extra).hexdigest() == hashes[0]
-    assert tokens._rank_file_bytes("p50k_base") == r50k + extra
+    assert ranks.rank_file_bytes("p50k_base") == r50k + extra
 
 
 def test_p50k_has_space_run_tokens() -> None:
@@ -282,9 +282,9 @@ def test_unknown_tiktoken_encoding_raises(spec: str) -> None:
 
 
 def test_get_tokenizer_is_cached_lazy_and_thread_safe() -> None:
-    tokens._clear_caches()
+    resolve.clear_caches()
     first = get_tokenizer("tiktoken:o200k_base")
-    assert tokens._build_encoding.cache_info().currsize == 0  # nothing loaded yet
+    assert encodings.build_encoding.cache_info().currsize == 0  # nothing loaded yet
     results: list[Tokenizer] = []
     counts: list[int] = []
 
@@ -299,7 +299,7 @@ def test_get_tokenizer_is_cached_lazy_and_thread_safe() -> None:
     for t in threads:
         t.join()
     assert all(r is first for r in results) and counts == [2] * 8
-    assert tokens._build_encoding.cache_info().misses == 1
+    assert encodings.build_encoding.cache_info().misses == 1
 
 
 def test_loading_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -318,7 +318,7 @@ def test_loading_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(AssertionError, match="network"):
         tiktoken.get_encoding("cl100k_base")
 
-    tokens._clear_caches()
+    resolve.clear_caches()
     for spec in [*(f"tiktoken:{n}" for n in known_encodings()), "qwen", "chatglm"]:
         assert get_tokenizer(spec).count("hello world") == 2
     assert list(tmp_path.iterdir()) == []

@@ -133,9 +133,19 @@ class Alerts:
         """Run a coroutine in the background (from code that cannot wait, such as the router)."""
         task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("alert work failed: %s", type(exc).__name__)  # its store may be away; no traceback
 
     # --- what raises them ---
+    def note_key_use(self, key_id: int, user_id: int, ip: str | None) -> None:
+        """`key_used` in the background, and only for an address this process has not yet seen the key use."""
+        if key_id and ip and (key_id, ip) not in self._seen:
+            self.soon(self.key_used(key_id, user_id, ip))
+
     async def key_used(self, key_id: int, user_id: int, ip: str | None) -> None:
         """Record the address a key is used from; a key's second and later addresses raise `new_ip`."""
         if not key_id or not ip or (key_id, ip) in self._seen:

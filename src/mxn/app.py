@@ -22,7 +22,7 @@ from mxn.config import Settings, get_settings
 from mxn.deploy.controller import Controller, make_placement
 from mxn.deploy.leader import Lease
 from mxn.errors import MxnError
-from mxn.gateway import admin, admin_deploy, headers, openapi, responses, routes, user_api
+from mxn.gateway import admin, headers, openapi, responses, routes, user_api
 from mxn.gateway.fast import FastRoutes
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
@@ -30,14 +30,16 @@ from mxn.limits.auth_failures import make_throttle
 from mxn.limits.memory import MemoryLimiter
 from mxn.routing import Router
 from mxn.store.db import create_engine, sessionmaker
-from mxn.usage import UsageWriter
+from mxn.usage import UsageWriter, journal_dir
 
 
-def make_limiter(redis_url: str | None) -> Limiter:
-    if redis_url:
-        from mxn.limits.redis import RedisLimiter
+def make_limiter(settings: Settings) -> Limiter:
+    if settings.redis_url:
+        from mxn.limits.resilient import ResilientLimiter
 
-        return RedisLimiter(redis_url)
+        limiter = ResilientLimiter(settings.redis_url, settings.limits_when_redis_down)
+        limiter.start()  # registered now: an idle replica still counts in the others' shares
+        return limiter
     return MemoryLimiter()
 
 
@@ -68,8 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await load_secret(sessions, settings.secret),
         upstream_client(),
         engine_session(),
-        make_limiter(settings.redis_url),
-        UsageWriter(sessions),
+        make_limiter(settings),
+        UsageWriter(sessions, journal_dir(settings), fsync=settings.usage_fsync),
         Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),
     )
     state.alerts = Alerts(settings, sessions, state.http)
@@ -101,8 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mxn", version=__version__, lifespan=lifespan)
     app.state.settings = settings or get_settings()
     app.include_router(routes.router)
-    app.include_router(admin.router)
-    app.include_router(admin_deploy.router)
+    app.include_router(admin.router)  # with /admin/nodes and /admin/managed
     app.include_router(user_api.router)
     app.router.routes.extend(console.routes)
     app.add_exception_handler(MxnError, responses.on_mxn_error)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import getpass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,17 +14,74 @@ from starlette.requests import Request
 from mxn.store.models import Audit
 
 SECRET_FIELDS = frozenset({"password", "api_key", "key", "secret", "code", "new_password"})
-MAX_DETAILS = 4096  # bytes of a request body kept as details; a bigger one is summarised
+
+# What a change is called in the log, `noun.verb`, whoever makes it (/admin, /api or the CLI); `mxn.services`
+# writes these. Targets name the row the same way: `user_id=3`, `key_id=7`, `dep_id=2`, `model=NAME`, ...
+Action = Literal[
+    "user.create",
+    "user.update",
+    "user.delete",
+    "group.create",
+    "group.update",
+    "group.delete",
+    "key.create",
+    "key.update",
+    "key.rotate",
+    "key.revoke",
+    "key.delete",
+    "code.create",
+    "code.delete",
+    "catalog.apply",
+    "chip.create",
+    "chip.update",
+    "chip.delete",
+    "model.create",
+    "model.update",
+    "model.delete",
+    "deployment.create",
+    "deployment.update",
+    "deployment.delete",
+    "endpoint.create",
+    "endpoint.update",
+    "endpoint.delete",
+    "moderation.on",
+    "moderation.off",
+    "moderation.rules.create",
+    "moderation.rules.update",
+    "moderation.rules.delete",
+    "managed.deploy",
+    "managed.scale",
+    "managed.undeploy",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a change (`admin-key`, `user:NAME`, `cli:OSUSER`) and from which address, if over HTTP."""
+
+    name: str
+    ip: str | None = None
+
+
+def actor_of(request: Request) -> Actor:
+    """The caller the auth step named, and the client's address."""
+    name = getattr(request.state, "actor", None) or "anonymous"
+    return Actor(name, request.client.host if request.client else None)
+
+
+def cli() -> Actor:
+    return Actor(cli_actor())
+
+
+def record(s: AsyncSession, actor: Actor, action: Action, target: str = "", details: Any = None) -> None:
+    """One event, added to the session: it is committed with the change it describes, or not at all. Details are
+    what the caller asked for, with secrets masked."""
+    add(s, actor.name, action, target, actor.ip, redact(details))
 
 
 def add(s: AsyncSession, actor: str, action: str, target: str = "", ip: str | None = None, details: Any = None) -> None:
+    """A row as given; changes are recorded through `record`, by `mxn.services`."""
     s.add(Audit(at=datetime.now(UTC), actor=actor, action=action, target=target[:256], ip=ip, details=details))
-
-
-def from_request(s: AsyncSession, request: Request, action: str, target: str = "", details: Any = None) -> None:
-    """An event caused by an HTTP request: the actor the auth step named, the client's address."""
-    actor = getattr(request.state, "actor", None) or "anonymous"
-    add(s, actor, action, target, request.client.host if request.client else None, details)
 
 
 def cli_actor() -> str:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./mxn.db"
+# Settings that take one of a few words are Literals: a misspelt value stops `mxn serve` with the words it takes,
+# instead of quietly meaning something else.
+QuotaUnit = Literal["tokens", "credits"]
+# uvicorn's levels; it reads them in any case, and so do we.
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 class Settings(BaseSettings):
@@ -21,19 +26,23 @@ class Settings(BaseSettings):
     catalog: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    # While Redis is unreachable, rate limits are: "local", enforced by each replica in memory with its share of
+    # each limit (the limit divided by the replicas last seen alive); "open", not enforced; "closed", every
+    # request refused with 503 limiter_unavailable.
+    limits_when_redis_down: Literal["local", "open", "closed"] = "local"
     admin_key: str | None = None
     secret: str | None = None
     # Request bodies above this size get 413 before any parsing.
     max_body_bytes: int = 8 * 1024 * 1024
     # JSON nested deeper than this gets 400 (a cheap guard against parser bombs).
     max_json_depth: int = 32
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     # Seconds between re-reads of the catalogue from the store, so that admin
     # edits made through one replica reach the others.
     catalog_refresh: float = 5.0
     # Quota unit: "tokens" (prompt + completion), or "credits" (micro-credits: per-1M-token prices of the
     # deployment times the group's multiplier).
-    quota_unit: str = "tokens"
+    quota_unit: QuotaUnit = "tokens"
     # Active health checks of every running endpoint (GET url + health_path), seconds apart.
     health_interval: float = 10.0
     # Circuit breaker: open after this many failures in a row, probe again after the cooldown.
@@ -60,6 +69,14 @@ class Settings(BaseSettings):
     cors_allow_credentials: bool = False
     # Where mxn keeps files of its own (the demo model).
     data_dir: str = ".mxn"
+    # Usage records are durable in journals here (a file per replica, a subdirectory per store) before they reach
+    # the store; replicas sharing it take over the journals of those that died. A local disk (it relies on flock).
+    # Unset: <data_dir>/usage.
+    usage_journal_dir: str | None = None
+    # When a usage record counts as kept. `interval`: written to the OS before the answer goes out (a killed or
+    # crashed process loses nothing), synced to disk every 0.2 s (a machine that loses power may lose the last
+    # 0.2 s). `always`: synced to disk before the answer (group commit; about 0.5 ms more per request here).
+    usage_fsync: Literal["interval", "always"] = "interval"
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.
     demo: bool = True
     # Alerts go to this URL (POST, JSON) signed with HMAC-SHA256 under the secret; unset = stored and listed only.
@@ -91,6 +108,11 @@ class Settings(BaseSettings):
         if self.alert_webhook and not self.alert_webhook_secret:
             raise ValueError("MXN_ALERT_WEBHOOK needs MXN_ALERT_WEBHOOK_SECRET, the key its signatures use")
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

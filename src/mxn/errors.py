@@ -82,10 +82,6 @@ class ClientGone(MxnError):
     default_code = "client_closed"
 
 
-class UnprocessableEntity(InvalidRequest):
-    """Schema errors: OpenAI answers these with 400 too, so the status stays 400."""
-
-
 class RateLimited(MxnError):
     status = 429
     type = "rate_limit_error"

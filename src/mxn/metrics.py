@@ -41,3 +41,13 @@ MODERATION = Counter(
     registry=REGISTRY,
 )
 ALERTS = Counter("mxn_alerts_total", "Alerts raised, by kind", ("kind",), registry=REGISTRY)
+# Requests refused before any upstream call, by cause: rate_limit, quota, limiter_unavailable, store_unavailable.
+REFUSED = Counter("mxn_refused_total", "Requests refused, by cause", ("cause",), registry=REGISTRY)
+# Limit decisions taken without Redis, by MXN_LIMITS_WHEN_REDIS_DOWN: local (each replica alone, in memory),
+# open (admitted unchecked), closed (refused with 503).
+LIMITER_FALLBACK = Counter(
+    "mxn_limiter_fallback_total", "Limit decisions taken while Redis is away, by mode", ("mode",), registry=REGISTRY
+)
+DEPENDENCY_UP = Gauge(
+    "mxn_dependency_up", "1 while a dependency answers, 0 while its calls fail", ("dependency",), registry=REGISTRY
+)

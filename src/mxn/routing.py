@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from mxn import metrics
-from mxn.catalog.registry import Catalog, Cell, EndpointInfo
+from mxn.catalog.registry import Catalog, Cell, EndpointInfo, EndpointState
 from mxn.errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("mxn.routing")
@@ -69,32 +69,32 @@ class Router:
         elif h.endpoint is not endpoint:
             # A catalogue reload made a new EndpointInfo for the same endpoint: the counters carry on, but what
             # was learnt of an old address (a managed replica placed again elsewhere) says nothing of the new one.
-            moved = h.endpoint.row != endpoint.row
+            moved = _address(h.endpoint) != _address(endpoint)
             h.endpoint = endpoint
             if moved:
                 h.healthy, h.failures, h.probing = True, 0, False
                 h.recent.clear()
                 if h.breaker != CLOSED:
-                    self._set(h, CLOSED, f"moved to {endpoint.row.get('url') or endpoint.row.get('path')}")
+                    self._set(h, CLOSED, f"moved to {endpoint.config.url or endpoint.config.path}")
         return h
 
-    def state(self, cell: Cell, endpoint: EndpointInfo) -> str:
+    def state(self, cell: Cell, endpoint: EndpointInfo) -> EndpointState:
         """The endpoint's effective state: the operator's, or `unhealthy` when checks or the breaker say so."""
-        if endpoint.state != "running":
+        if endpoint.state != EndpointState.RUNNING:
             return endpoint.state
         h = self.of(cell, endpoint)
-        return "unhealthy" if not h.healthy or h.breaker == OPEN else "running"
+        return EndpointState.UNHEALTHY if not h.healthy or h.breaker == OPEN else EndpointState.RUNNING
 
-    def cell_state(self, cell: Cell) -> str:
+    def cell_state(self, cell: Cell) -> EndpointState:
         states = {self.state(cell, e) for e in cell.endpoints}
-        return next((s for s in ("running", "deploying", "unhealthy", "stopped") if s in states), "stopped")
+        return next((s for s in EndpointState if s in states), EndpointState.STOPPED)
 
     # --- choosing ---
     def candidates(self, cell: Cell, pinned: int | None = None) -> list[EndpointInfo]:
         """Endpoints to try in order: priority tier first (higher first), least loaded for its weight next."""
         if pinned is not None:
             return [e for e in cell.endpoints if e.id == pinned]
-        running = [e for e in cell.endpoints if e.state == "running" and e.weight > 0]
+        running = [e for e in cell.endpoints if e.state == EndpointState.RUNNING and e.weight > 0]
         if not running:
             raise ServiceUnavailable(
                 f"deployment {cell.name} has no running endpoint (state: {cell.state})", code=f"deployment_{cell.state}"
@@ -125,7 +125,7 @@ class Router:
 
     def available(self, cell: Cell, e: EndpointInfo) -> bool:
         """Still worth trying now (a later failover candidate may have filled up or tripped meanwhile)."""
-        return e.state == "running" and self._admits(cell, e) and self._has_room(cell, e)
+        return e.state == EndpointState.RUNNING and self._admits(cell, e) and self._has_room(cell, e)
 
     def _has_room(self, cell: Cell, e: EndpointInfo) -> bool:
         return e.max_concurrency is None or self.of(cell, e).in_flight < e.max_concurrency
@@ -190,7 +190,7 @@ class Router:
             self._check(cell, e, client)
             for cell in catalog.cells.values()
             for e in cell.endpoints
-            if e.state == "running"
+            if e.state == EndpointState.RUNNING
         ]
         await asyncio.gather(*checks)
 
@@ -207,10 +207,15 @@ class Router:
                 self._set(h, HALF_OPEN, "breaker half-open after a passing health check")
 
 
+def _address(e: EndpointInfo) -> tuple[str, str | None, str | None]:
+    return e.config.engine, e.config.url, e.config.path
+
+
 async def _probe(e: EndpointInfo, client: httpx.AsyncClient) -> bool:
-    if hasattr(e.engine, "ready"):  # the embedded engine: healthy unless its model failed to load
-        return not getattr(e.engine, "failed", False)
-    url = (e.row.get("url") or "").rstrip("/") + e.health_path
+    known = await e.engine.health()  # the embedded engine knows; a remote one's upstream is asked over HTTP
+    if known is not None:
+        return known
+    url = (e.config.url or "").rstrip("/") + e.health_path
     try:
         headers = {"authorization": f"Bearer {e.api_key}"} if e.api_key else {}
         r = await client.get(url, headers=headers, timeout=5.0)

@@ -57,7 +57,7 @@ def test_two_replicas_spending_one_balance_stay_exact(store: str) -> None:
                 holds = replicas[i % 2]
                 want = rng.randint(50, 500)
                 r = await holds.reserve(user_id, key_id, True, True, want, 1)
-                await asyncio.sleep(rng.random() / 1000)
+                await asyncio.sleep(rng.random() / 1000)  # not a wait: interleaves the replicas' reserves and settles
                 cost = rng.randint(0, want + 50)  # sometimes more than reserved, as a settled overrun can be
                 await holds.settle(r, cost)
                 spent += cost

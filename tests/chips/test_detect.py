@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mxn.chips.detect import (
     Device,
     detect,
@@ -76,6 +78,7 @@ def test_this_machine_without_tools_has_only_its_cpu() -> None:
     assert ray_resources(devices) == {"chip:cpu": 1}
 
 
+@pytest.mark.e2e  # runs `mxn chips` as a process
 def test_mxn_chips_json() -> None:
     import json
     import subprocess

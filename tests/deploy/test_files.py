@@ -37,6 +37,8 @@ CHART = ROOT / "deploy/helm/mxn"
 KUBERNETES = "1.30.0"
 SETTINGS = {f"MXN_{name.upper()}" for name in Settings.model_fields}
 
+pytestmark = pytest.mark.e2e  # docker-compose, helm, pip, nginx and `mxn serve` run as processes
+
 
 def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MXN_", "POSTGRES_"))}

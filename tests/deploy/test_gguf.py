@@ -17,6 +17,9 @@ from mxn.deploy import gguf, recipes
 from mxn.errors import InvalidRequest, MxnError
 from tests.conftest import ROOT, Proc, free_port, start
 
+# Runs llama.cpp's converter and server, and mxn's engine, as processes.
+pytestmark = [pytest.mark.e2e, pytest.mark.engines]
+
 ENGINES = ROOT / ".engines"
 LLAMACPP_PYTHON = ENGINES / "llamacpp" / "bin" / "python"
 # What a wrong pre-tokenizer splits differently: digits after a space, punctuation before letters, newlines,

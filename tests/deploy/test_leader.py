@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,10 +10,10 @@ import pytest
 
 from mxn.deploy.leader import LOCK_ID, Lease
 from mxn.store.db import create_engine
-from tests.conftest import pg_database
+from tests.conftest import pg_database, wait_for_async
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
@@ -66,9 +65,7 @@ async def test_a_holder_whose_connection_died_finds_out(pg_url: str, tmp_path: P
                 {"id": LOCK_ID},
             )
             assert killed.scalars().all() == [True]
-        for _ in range(100):  # the backend goes away, and its lock with it, shortly after it is told to
-            if await b.acquire():
-                break
-            await asyncio.sleep(0.05)
+        # The backend goes away, and its lock with it, shortly after it is told to.
+        await wait_for_async(b.acquire, 10, "the lock free once its holder's connection was killed", interval=0.05)
         assert b.held
         assert not await a.acquire()

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import Proc, free_port, mxn, start_serve, wait_for
 
+pytestmark = pytest.mark.e2e
+
 ADMIN = "adm-" + "d" * 28
 
 

@@ -14,8 +14,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Proc, mxn, pg_database, start_serve
+from tests.conftest import Proc, mxn, pg_database, start_serve, wait_for
 from tests.e2e.conftest import ADMIN_KEY
+
+pytestmark = pytest.mark.postgres  # the replicas share a PostgreSQL database (and Redis)
 
 CATALOG = """
 models:
@@ -76,13 +78,11 @@ MESSAGES = [{"role": "user", "content": "count me"}]
 
 
 def wait_for_usage(replicas: Replicas, key_id: int, count: int) -> list[dict]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def enough() -> list[dict] | None:
         rows = replicas.usage(key_id)
-        if len(rows) >= count:
-            return rows
-        time.sleep(0.2)
-    raise AssertionError(f"only {len(replicas.usage(key_id))} of {count} usage records arrived")
+        return rows if len(rows) >= count else None
+
+    return wait_for(enough, 15, f"{count} usage records of key {key_id}")
 
 
 def test_quota_for_exactly_50_admits_exactly_50_of_200(replicas: Replicas) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_for
 
 
 def test_admin_needs_the_admin_key_or_an_admin_users_key(server: Server) -> None:
@@ -151,15 +150,16 @@ def test_a_client_leaving_a_non_stream_request_cancels_it(server: Server) -> Non
         server.admin() as admin,
     ):
         body = {"messages": [{"role": "user", "content": "one two three four"}]}
-        time.sleep(1.0)  # earlier tests' records are written by now (batches go out every 0.5 s)
+        wait_for(server.usage_written, 10, "earlier tests' usage records written")  # batches go out every 0.5 s
         before = max((r["id"] for r in admin.get("/admin/usage").json()["data"]), default=0)
         with server.client() as c, pytest.raises(httpx.ReadTimeout):
             c.post("/maas/chatglm3-6b/iluvatar/chat/completions", json=body, timeout=0.7)
-        deadline = time.monotonic() + 10
-        rows: list[dict] = []
-        while time.monotonic() < deadline and not rows:  # noticed at the disconnect, written in the next batch
-            rows = [r for r in admin.get("/admin/usage").json()["data"] if r["id"] > before]
-            time.sleep(0.2)
+        # Noticed at the disconnect, written in the next batch.
+        rows = wait_for(
+            lambda: [r for r in admin.get("/admin/usage").json()["data"] if r["id"] > before],
+            10,
+            "the usage record of the request the client left",
+        )
         (row,) = rows
         assert row["model"] == "chatglm3-6b" and row["chip"] == "iluvatar"
         assert row["status"] == 499 and row["error"] == "client_closed" and row["cost"] == 0

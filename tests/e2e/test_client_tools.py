@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from mxn.client import bench as benchmark
 from mxn.client import stream
-from tests.conftest import ROOT, Proc, Server, first_start_key, start_serve, start_upstream
+from tests.conftest import ROOT, Proc, Server, first_start_key, start_serve, start_upstream, wait_for
 
 # The fake upstream sends one word per chunk, `--delay` seconds apart: 20 ms per token on nvidia, 40 on amd.
 # `cpu` is left free for the endpoint tests' own cell.
@@ -149,10 +148,12 @@ def test_batch_interrupted_and_rerun_answers_every_line_exactly_once(server: Ser
         "m@amd",
     )
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 8):
-        time.sleep(0.05)
-    first.send_signal(signal.SIGINT)  # Ctrl-C halfway
+    try:
+        wait_for(
+            lambda: out.exists() and len(out.read_text().splitlines()) >= 8, 60, "8 answers written", interval=0.05
+        )
+    finally:
+        first.send_signal(signal.SIGINT)  # Ctrl-C halfway
     _, stderr = first.communicate(timeout=30)
     assert first.returncode == 130, stderr
     assert "interrupted" in stderr

@@ -15,6 +15,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from tests.conftest import ROOT, Server, first_start_key, mxn, start_serve, start_upstream, wait_for
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "build" / "screenshots"
 CATALOG = """

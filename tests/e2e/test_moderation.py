@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Proc, Server, first_start_key, free_port, mxn, start_serve, start_upstream
+from tests.conftest import Proc, Server, first_start_key, free_port, mxn, start_serve, start_upstream, wait_for
 
 CATALOG = """
 chips:
@@ -100,12 +99,11 @@ def test_refused_input_costs_nothing_and_is_recorded(server: Server) -> None:
         sdk(server).chat.completions.create(
             model="chat-model", messages=[{"role": "user", "content": [{"type": "text", "text": "secret plan"}]}]
         )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rows = [r for r in usage_rows(server) if r["status"] == 403 and r["error"] == "content_filter"]
-        if rows:
-            break
-        time.sleep(0.2)
+    rows = wait_for(
+        lambda: [r for r in usage_rows(server) if r["status"] == 403 and r["error"] == "content_filter"],
+        10,
+        "the refused request's usage record",
+    )
     assert rows and rows[0]["cost"] == 0 and rows[0]["completion_tokens"] == 0
 
 
@@ -132,13 +130,13 @@ def test_blocked_output_stream_hit_split_across_chunks(server: Server) -> None:
     assert (last.model_extra or {}).get("blocked") is True
     assert last.choices[0].finish_reason == "content_filter"
     assert all(not (c.model_extra or {}).get("blocked") for c in chunks[:-1])
+
     # Generation stopped upstream: the stream was closed long before its remaining words were sent.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def cancelled() -> dict | None:
         after = httpx.get(up.url.removesuffix("/v1") + "/_streams").json()
-        if after["cancelled"] > before["cancelled"]:
-            break
-        time.sleep(0.05)
+        return after if after["cancelled"] > before["cancelled"] else None
+
+    after = wait_for(cancelled, 5, f"the upstream stream cancelled (before: {before})", interval=0.05)
     assert after["cancelled"] == before["cancelled"] + 1, (before, after)
     assert after["completed"] == before["completed"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Proc, first_start_key, mxn, start_serve, start_upstream
+from tests.conftest import Proc, first_start_key, mxn, start_serve, start_upstream, wait_for
 
 PROMPT = "alpha beta gamma delta epsilon zeta eta theta"  # the fake echoes it word by word
 EXPECTED = f"echo(1): {PROMPT}"
@@ -86,19 +85,16 @@ def test_an_endpoint_killed_and_restarted_under_load(cluster: Cluster) -> None:
         return outcome
 
     def chaos() -> None:
-        while sum(done.values()) < 120:
-            time.sleep(0.02)
+        wait_for(lambda: sum(done.values()) >= 120, 120, "120 requests answered", interval=0.02)
         cluster.upstreams[0].popen.kill()  # SIGKILL: its open streams break off mid-way
         cluster.upstreams[0].popen.wait()
-        while sum(done.values()) < 280:
-            time.sleep(0.02)
+        wait_for(lambda: sum(done.values()) >= 280, 120, "280 requests answered", interval=0.02)
         cluster.upstreams[0] = start_upstream(cluster.tmp, "sse", "--delay", "0.04", port=cluster.ports[0])
 
-    killer = threading.Thread(target=chaos)
-    killer.start()
-    with ThreadPoolExecutor(32) as pool:
+    with ThreadPoolExecutor(1) as chaos_pool, ThreadPoolExecutor(32) as pool:
+        killer = chaos_pool.submit(chaos)
         outcomes = Counter(pool.map(one, range(500)))
-    killer.join(60)
+        killer.result(90)  # a chaos that failed fails the test
     # Every request either succeeded, or was a stream already under way when its upstream died.
     assert set(outcomes) <= {"ok", "cut"}, outcomes
     assert outcomes["ok"] >= 450 and sum(outcomes.values()) == 500
@@ -106,15 +102,19 @@ def test_an_endpoint_killed_and_restarted_under_load(cluster: Cluster) -> None:
     assert outcomes["cut"] <= 32
 
     with httpx.Client(base_url=cluster.url, headers={"authorization": f"Bearer {cluster.key}"}) as admin:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # the restarted endpoint comes back: checks pass, the breaker closes
+
+        def back_in_rotation() -> dict | None:
+            """The restarted endpoint comes back: checks pass, the breaker closes (on a probe sent meanwhile)."""
             ep = admin.get("/admin/endpoints").json()["data"][0]
             changes = [c["change"] for c in ep["health"]["changes"]]
             back = any("breaker closed" in c or "back in rotation" in c for c in changes)
             if ep["health"]["breaker"] == "closed" and ep["health"]["healthy"] and back:
-                break
+                return ep
             client.chat.completions.create(model="chaos", messages=[{"role": "user", "content": "x"}])
-            time.sleep(0.2)
+            return None
+
+        ep = wait_for(back_in_rotation, 15, "the restarted endpoint back in rotation")
+        changes = [c["change"] for c in ep["health"]["changes"]]
         # Out of rotation by whichever noticed first: the breaker (failed requests) or a health check.
         assert any("breaker open" in c or "health check failed" in c for c in changes), changes
         (cell,) = admin.get("/admin/cells").json()["data"]
@@ -184,14 +184,12 @@ def test_a_client_that_goes_away_cancels_its_upstream_request(cluster: Cluster) 
         lines = r.iter_lines()
         next(lines), next(lines)
     with httpx.Client(base_url=cluster.url, headers=headers) as admin:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            busy = sum(e["health"]["in_flight"] for e in admin.get("/admin/endpoints").json()["data"] if e["health"])
-            if busy == 0:
-                break
-            time.sleep(0.1)
-        assert busy == 0
-        time.sleep(1)  # the usage writer's next batch
-        rows = admin.get("/admin/usage").json()["data"]
+
+        def in_flight() -> int:
+            return sum(e["health"]["in_flight"] for e in admin.get("/admin/endpoints").json()["data"] if e["health"])
+
+        wait_for(lambda: in_flight() == 0, 5, "no request in flight", interval=0.1)
+        # The only request of this cluster's fresh store: its record comes in the usage writer's next batch.
+        rows = wait_for(lambda: admin.get("/admin/usage").json()["data"], 10, "the usage record of the stream")
     assert rows[0]["status"] == 499 and rows[0]["error"] == "client_closed"
     assert 0 < rows[0]["completion_tokens"] < 160  # charged for what was streamed before the client left

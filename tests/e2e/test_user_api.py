@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 import httpx
 
-from tests.conftest import Server, mxn
+from tests.conftest import Server, mxn, wait_for
 
 CHAT = "/maas/qwen1.5-14b-chat/nvidia/chat/completions"
 MSG = [{"role": "user", "content": "hi"}]
@@ -46,12 +45,14 @@ def test_login_session_creates_a_key_once_with_the_password_again(server: Server
             assert c.post(CHAT, json={"messages": MSG}).status_code == 401
         with server.client(new) as c:
             assert c.post(CHAT, json={"messages": MSG}).status_code == 200
-        for _ in range(50):  # usage records are written in batches, every half second
+
+        def usage_csv() -> tuple[httpx.Response, list[dict[str, str]]] | None:
             usage = web.get("/api/usage", params={"format": "csv"})
             rows = list(csv.DictReader(io.StringIO(usage.text)))
-            if len(rows) >= 3:
-                break
-            time.sleep(0.1)
+            return (usage, rows) if len(rows) >= 3 else None
+
+        # Usage records are written in batches, every half second.
+        usage, rows = wait_for(usage_csv, 10, "3 usage records", interval=0.1)
         assert usage.headers["content-type"].startswith("text/csv") and len(rows) == 3
         assert {r["user"] for r in rows} == {"console-user"} and all(int(r["prompt_tokens"]) > 0 for r in rows)
         assert web.post(f"/api/keys/{key_id}/revoke", json={}).json()["enabled"] is False

@@ -10,7 +10,7 @@ import torch
 from mxn.engines.local.sampling import SamplingParams
 from mxn.engines.local.scheduler import DELTA, FINISH, Scheduler, Seq, new_job
 from mxn.engines.local.text import Detokenizer, StopMatcher
-from mxn.errors import RateLimited
+from mxn.errors import RateLimited, ServiceUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,16 @@ async def test_a_full_queue_answers_429(model) -> None:  # type: ignore[no-untyp
     assert info.value.status == 429 and info.value.headers["retry-after"] == "1"
     assert scheduler.queued == 0  # a refused job leaves nothing behind
     scheduler.close()
+
+
+async def test_close_lets_running_jobs_finish_refuses_new_ones_then_lets_the_model_go(model) -> None:  # type: ignore[no-untyped-def]
+    scheduler = Scheduler(model, torch.device("cpu"), max_batch=2)
+    alone = await run(scheduler, [1, 2, 3], 12)
+    running = asyncio.ensure_future(run(scheduler, [1, 2, 3], 12))
+    await asyncio.sleep(0)  # submitted
+    scheduler.close()
+    with pytest.raises(ServiceUnavailable):
+        await run(scheduler, [4, 5], 4)
+    assert await running == alone
+    await asyncio.to_thread(scheduler._thread.join, 10)
+    assert not scheduler._thread.is_alive() and scheduler.model is None

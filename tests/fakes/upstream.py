@@ -81,7 +81,7 @@ async def generate(request: Request) -> Response:
     usage = {"prompt_tokens": 11, "completion_tokens": len(_pieces(text)), "total_tokens": 11 + len(_pieces(text))}
     if body.get("stream"):
         return StreamingResponse(_stream(body, chat, text, usage), media_type="text/event-stream")
-    if DELAY:  # a slow engine answers a whole completion as late as it would have streamed it
+    if DELAY:  # not a wait: a slow engine answers a whole completion as late as it would have streamed it
         await asyncio.sleep(DELAY * len(_pieces(text)))
     data: dict[str, Any] = {
         "id": "up-1",
@@ -118,7 +118,7 @@ async def _stream_parts(body: dict[str, Any], chat: bool, text: str, usage: dict
     pieces = _pieces(text)
     for i, piece in enumerate(pieces):
         if DELAY:
-            await asyncio.sleep(DELAY)
+            await asyncio.sleep(DELAY)  # not a wait: the pace of a slow engine (--delay), what tests time against
         last = i == len(pieces) - 1
         choice: dict[str, Any] = {
             "index": 0,

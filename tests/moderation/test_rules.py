@@ -113,25 +113,39 @@ class ListStream:
         for t in self.texts:
             yield {"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
 
+    buffered = 0
+
     async def aclose(self) -> None:
         pass
 
 
 def test_text_held_at_the_end_of_a_stream_without_finish_reason_still_goes_out() -> None:
-    from mxn.gateway.dispatch import sse_events
-    from mxn.gateway.normalize import StreamNormalizer
+    from types import SimpleNamespace
+
+    from mxn.gateway import stream
+    from mxn.gateway.protocols import CHAT
     from mxn.tokens import get_tokenizer
 
     async def run() -> list[bytes]:
         async with httpx.AsyncClient() as http:
-            norm = StreamNormalizer(kind="chat", model="m", prompt_tokens=1, tok=get_tokenizer("tiktoken:gpt2", None))
             finished: list[tuple[int, str | None]] = []
 
-            async def finish(status: int, error: str | None) -> None:
+            async def finish(status: int, _prompt: int, _completion: int, _endpoint: int, error: str | None) -> None:
                 finished.append((status, error))
 
-            guard = StreamGuard(Rules(WORDS, []), http)
-            events = [e async for e in sse_events(ListStream(["it is a sec", "ret"]), norm, False, finish, guard)]
+            # The stream's part of a request on its way (`pipeline.Call`): only what the stream reads.
+            model = SimpleNamespace(name="m", tokenizer=get_tokenizer("tiktoken:gpt2", None))
+            call = SimpleNamespace(
+                protocol=CHAT,
+                prepared=SimpleNamespace(prompt_tokens=1, include_usage=False),
+                cell=SimpleNamespace(model=model, rules=Rules(WORDS, []), name="m@cpu"),
+                state=SimpleNamespace(http=http),
+                admission=SimpleNamespace(finish=finish),
+                blocked=None,
+            )
+            opened = ListStream(["it is a sec", "ret"])
+            endpoint = SimpleNamespace(id=1)
+            events = [e async for e in stream.events(call, endpoint, opened)]  # type: ignore[arg-type]
             assert finished == [(200, None)]
             return events
 

@@ -74,7 +74,7 @@ class KeyCache:
             log.warning("noting a key's last use failed: %s", type(exc).__name__)
 
     def start(self) -> None:
-        generation.listeners.append(self.clear)
+        generation.changes_of(self.sessions).listeners.append(self.clear)
         self.watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -92,7 +92,7 @@ class KeyCache:
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
-            generation.listeners.remove(self.clear)
+            generation.changes_of(self.sessions).listeners.remove(self.clear)
         if self.watcher:
             self.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""Users and keys: what the CLI, the admin API and the request path share."""
+"""Users, keys and sessions: the store primitives under `mxn.services`, and the checks the request path makes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mxn.accounts.keys import display_prefix, hash_key, new_key, split_pin
+from mxn.accounts.keys import display_prefix, hash_key, new_key
 from mxn.accounts.passwords import hash_password, verify_password
 from mxn.errors import AuthError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from mxn.store.models import ApiKey, Group, Session, User
@@ -277,19 +277,6 @@ def check_key(record: KeyRecord, pin: int | None, client_ip: str | None, now: da
 async def touch_key(s: AsyncSession, key_id: int, now: datetime) -> None:
     await s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
     await s.commit()
-
-
-async def authenticate(s: AsyncSession, secret: bytes, presented: str, client_ip: str | None) -> Principal:
-    """A key checked against the store directly (the request path goes through `accounts.cache` instead)."""
-    key, pin = split_pin(presented)
-    record = await load_key(s, hash_key(secret, key))
-    if record is None:
-        raise AuthError("Incorrect API key provided.")
-    now = _now()
-    principal = check_key(record, pin, client_ip, now)
-    if record.last_used_at is None or now - record.last_used_at > TOUCH_EVERY:
-        await touch_key(s, principal.key_id, now)
-    return principal
 
 
 def _key_limits(api_key: ApiKey, group: Group | None) -> tuple[tuple[str, int], ...]:

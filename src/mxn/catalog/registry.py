@@ -5,19 +5,36 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mxn import engines
 from mxn.engines import EndpointConfig, Engine
+from mxn.engines.pool import EnginePool
 from mxn.errors import ModelNotFound, NotFound
 from mxn.moderation.rules import RuleCache, Rules
 from mxn.store.models import Chip, Deployment, Endpoint, ManagedDeployment, Model, ModerationRule
 from mxn.tokens import Tokenizer, get_tokenizer
+
+
+class EndpointState(StrEnum):
+    """An endpoint's state as stored (the operator's, or a managed replica's); most hopeful first."""
+
+    RUNNING = "running"
+    DEPLOYING = "deploying"
+    UNHEALTHY = "unhealthy"
+    STOPPED = "stopped"
+
+    @classmethod
+    def of(cls, stored: str) -> EndpointState:
+        """The stored string's state; one this build does not know is never routed to, as if stopped."""
+        try:
+            return cls(stored)
+        except ValueError:
+            return cls.STOPPED
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +66,13 @@ class ChipInfo:
 @dataclass(slots=True)
 class EndpointInfo:
     id: int
-    state: str
+    state: EndpointState
     weight: int
     priority: int
     upstream_model: str | None
     supports: frozenset[str] | None
     engine: Engine
-    row: dict[str, Any]
+    config: EndpointConfig  # what its engine was built from (kind, url or path, ...)
     max_concurrency: int | None = None
     health_path: str = "/models"
     api_key: str | None = None
@@ -82,13 +99,10 @@ class Cell:
         return f"{self.model.name}@{self.chip.id}"
 
     @property
-    def state(self) -> str:
+    def state(self) -> EndpointState:
         """`running` when any endpoint is; else the most hopeful state among them."""
         states = {e.state for e in self.endpoints}
-        for s in ("running", "deploying", "unhealthy", "stopped"):
-            if s in states:
-                return s
-        return "stopped"
+        return next((s for s in EndpointState if s in states), EndpointState.STOPPED)
 
 
 @dataclass
@@ -130,11 +144,8 @@ class Catalog:
         cells = self.cells_of(model)
         if not cells:
             raise NotFound(f"model '{model}' is not deployed on any chip", param="model", code="model_not_deployed")
-        running = [c for c in cells if state_of(c) == "running"]
+        running = [c for c in cells if state_of(c) == EndpointState.RUNNING]
         return random.choice(running) if running else cells[0]
-
-
-_rule_cache = RuleCache()
 
 
 def _model_dirs(managed: Sequence[Any]) -> list[tuple[int, str]]:
@@ -151,7 +162,10 @@ def _disclosure(seen: list[dict[str, Any]]) -> dict[str, Any]:
     return {"endpoints": distinct}
 
 
-async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], client: aiohttp.ClientSession) -> Catalog:
+async def load_catalog_snapshot(
+    sessions: async_sessionmaker[AsyncSession], pool: EnginePool, rule_cache: RuleCache
+) -> Catalog:
+    """The catalogue as stored now, with each endpoint's engine from `pool` (kept while its config is unchanged)."""
     async with sessions() as s:
         models = (await s.execute(select(Model))).scalars().all()
         chips = (await s.execute(select(Chip))).scalars().all()
@@ -191,39 +205,29 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
             limits=tuple((n, v) for n in ("rpm", "rpd", "tpm", "concurrency") if (v := getattr(d, n))),
         )
         if d.moderation:
-            rules = _rule_cache.get([r for r in rule_sets if r.deployment_id in (None, d.id)])
+            rules = rule_cache.get([r for r in rule_sets if r.deployment_id in (None, d.id)])
             cell.rules = None if rules.empty else rules
         cat.cells[(d.model, d.chip)] = by_id[d.id] = cell
-    _rule_cache.sweep()
-    for e in endpoints:
-        config = EndpointConfig(
-            id=e.id,
-            engine=e.engine,
-            url=e.url,
-            path=e.path,
-            upstream_model=e.upstream_model,
-            api_key=e.api_key,
-            stream_format=e.stream_format,
-            timeouts=dict(e.timeouts or {}),
-            supports=frozenset(e.supports) if e.supports is not None else None,
-            options=dict(e.options or {}),
-        )
-        cell = by_id[e.deployment_id]
-        engine = engines.build(config, client)
-        cell.endpoints.append(
+    rule_cache.sweep()
+    configs = [_config(e) for e in endpoints]
+    # After all else that can fail: a reload that fails leaves the pool with the engines the old snapshot uses.
+    engines = await pool.sync(configs)
+    for e, config in zip(endpoints, configs, strict=True):
+        engine = engines[e.id]
+        by_id[e.deployment_id].endpoints.append(
             EndpointInfo(
                 e.id,
-                e.state,
+                EndpointState.of(e.state),
                 e.weight,
                 e.priority,
                 e.upstream_model,
                 config.supports,
                 engine,
-                {"engine": e.engine, "url": e.url, "path": e.path},
+                config,
                 e.max_concurrency,
                 e.health_path,
                 e.api_key,
-                dict(e.hardware or getattr(engine, "hardware", None) or {}),  # declared, else detected
+                dict(e.hardware or engine.hardware),  # declared, else detected
             )
         )
     for cell in by_id.values():
@@ -231,3 +235,18 @@ async def load_catalog_snapshot(sessions: async_sessionmaker[AsyncSession], clie
         if not cell.disclosure:
             cell.disclosure = _disclosure([e.hardware for e in cell.endpoints if e.hardware])
     return cat
+
+
+def _config(e: Endpoint) -> EndpointConfig:
+    return EndpointConfig(
+        id=e.id,
+        engine=e.engine,
+        url=e.url,
+        path=e.path,
+        upstream_model=e.upstream_model,
+        api_key=e.api_key,
+        stream_format=e.stream_format,
+        timeouts=dict(e.timeouts or {}),
+        supports=frozenset(e.supports) if e.supports is not None else None,
+        options=dict(e.options or {}),
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from mxn.accounts import codes as codes_service
+from mxn import audit, services
 from mxn.cli.common import DatabaseUrl, database_url, run
 from mxn.gateway.usage_views import to_csv, usage_rows
 
@@ -23,7 +23,7 @@ def codes_create(
     """Print the new codes, one a line; they are not shown again."""
 
     async def work(s, secret):  # type: ignore[no-untyped-def]
-        return await codes_service.create_codes(s, secret, quota, count)
+        return await services.codes.create(s, audit.cli(), secret, quota, count)
 
     for code in run(database_url(db), work):
         typer.echo(code)

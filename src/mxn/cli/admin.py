@@ -1,4 +1,5 @@
-"""`mxn users ...` and `mxn keys ...`: the same operations as /admin/users and /admin/keys."""
+"""`mxn users ...` and `mxn keys ...`: the same operations as /admin/users and /admin/keys, through the same
+services (and so the same audit records, made by `cli:OSUSER`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from typing import Annotated
 
 import orjson
 import typer
-from sqlalchemy import select
 
-from mxn import audit
+from mxn import audit, services
 from mxn.accounts import service as accounts
 from mxn.cli.common import DatabaseUrl, database_url, run
-from mxn.errors import NotFound
-from mxn.store.models import ApiKey, User
 
 users = typer.Typer(no_args_is_help=True, help="Users: create and list.")
 keys = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
@@ -38,11 +36,7 @@ def users_create(
         raise typer.Exit(1)
 
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        user = await accounts.create_user(s, name, password, admin=admin, group=group, quota=quota)
-        await s.flush()
-        audit.add(s, audit.cli_actor(), "user.create", f"user:{user.id}", details={"name": name, "admin": admin})
-        await s.commit()
-        return user
+        return await services.users.create(s, audit.cli(), name, password, admin=admin, group=group, quota=quota)
 
     user = run(database_url(db), work)
     typer.echo(f"created user {user.name} (id {user.id}, {user.role})")
@@ -51,7 +45,7 @@ def users_create(
 @users.command("list")
 def users_list(db: DatabaseUrl = None) -> None:
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        return (await s.execute(select(User).order_by(User.id))).scalars().all()
+        return await services.users.every(s)
 
     for u in run(database_url(db), work):
         typer.echo(f"{u.id}\t{u.name}\t{u.role}\t{u.group}\t{'enabled' if u.enabled else 'disabled'}")
@@ -75,10 +69,10 @@ def keys_create(
     """Create a key; it is printed once, alone on the last line."""
 
     async def work(s, secret):  # type: ignore[no-untyped-def]
-        owner = await accounts.user_by_name(s, user)
-        limits = {"rpm": rpm, "rpd": rpd, "tpm": tpm, "concurrency": concurrency, "quota": quota}
-        row, key = await accounts.create_key(
+        owner = await services.users.by_name(s, user)
+        return await services.keys.create(
             s,
+            audit.cli(),
             secret,
             owner,
             name=name,
@@ -86,12 +80,8 @@ def keys_create(
             chips=_csv(chips),
             expires=expires,
             ips=_csv(ips),
-            limits=limits,
+            limits={"rpm": rpm, "rpd": rpd, "tpm": tpm, "concurrency": concurrency, "quota": quota},
         )
-        await s.flush()
-        audit.add(s, audit.cli_actor(), "key.create", f"key:{row.id}", details={"user": user, "name": name})
-        await s.commit()
-        return row, key
 
     row, key = run(database_url(db), work)
     typer.echo(f"created key {row.id} for {user}; it is shown only now:", err=True)
@@ -105,10 +95,7 @@ def keys_list(
     db: DatabaseUrl = None,
 ) -> None:
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        q = select(ApiKey, User.name).join(User, User.id == ApiKey.user_id).order_by(ApiKey.id)
-        if user:
-            q = q.where(User.name == user)
-        return [accounts.key_view(k, n) for k, n in (await s.execute(q)).all()]
+        return [accounts.key_view(k, n) for k, n in await services.keys.listing(s, user)]
 
     rows = run(database_url(db), work)
     if as_json:
@@ -124,13 +111,7 @@ def keys_rotate(key_id: int, db: DatabaseUrl = None) -> None:
     """A new secret for the key, printed alone on the last line; the old one stops working."""
 
     async def work(s, secret):  # type: ignore[no-untyped-def]
-        row = await s.get(ApiKey, key_id)
-        if row is None:
-            raise NotFound(f"no key {key_id}")
-        key = await accounts.rotate_key(s, secret, row)
-        audit.add(s, audit.cli_actor(), "key.rotate", f"key:{key_id}")
-        await s.commit()
-        return key
+        return await services.keys.rotate(s, audit.cli(), secret, await services.keys.by_id(s, key_id))
 
     key = run(database_url(db), work)
     typer.echo(f"rotated key {key_id}; the new key is shown only now:", err=True)
@@ -140,12 +121,7 @@ def keys_rotate(key_id: int, db: DatabaseUrl = None) -> None:
 @keys.command("delete")
 def keys_delete(key_id: int, db: DatabaseUrl = None) -> None:
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await s.get(ApiKey, key_id)
-        if row is None:
-            raise NotFound(f"no key {key_id}")
-        await s.delete(row)
-        audit.add(s, audit.cli_actor(), "key.delete", f"key:{key_id}")
-        await s.commit()
+        await services.keys.delete(s, audit.cli(), await services.keys.by_id(s, key_id))
 
     run(database_url(db), work)
     typer.echo(f"deleted key {key_id}")
@@ -154,12 +130,7 @@ def keys_delete(key_id: int, db: DatabaseUrl = None) -> None:
 @keys.command("revoke")
 def keys_revoke(key_id: int, db: DatabaseUrl = None) -> None:
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await s.get(ApiKey, key_id)
-        if row is None:
-            raise NotFound(f"no key {key_id}")
-        row.enabled = False
-        audit.add(s, audit.cli_actor(), "key.revoke", f"key:{key_id}")
-        await s.commit()
+        await services.keys.revoke(s, audit.cli(), await services.keys.by_id(s, key_id))
 
     run(database_url(db), work)
     typer.echo(f"revoked key {key_id}")

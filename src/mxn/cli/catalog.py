@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mxn.catalog.apply import apply_catalog
+from mxn import audit, services
 from mxn.catalog.loader import CatalogError, load_catalog
 from mxn.catalog.schema import CatalogFile
 from mxn.cli.common import DatabaseUrl, database_url, run
@@ -33,7 +33,7 @@ def apply(path: str, db: DatabaseUrl = None) -> None:
     spec = load_or_exit(path)
 
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        return await apply_catalog(s, spec)
+        return await services.catalog.apply(s, audit.cli(), spec)
 
     counts = run(database_url(db), work)
     typer.echo(

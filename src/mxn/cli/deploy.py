@@ -4,15 +4,19 @@ gateway's controller starts and stops the replicas (on this machine, or on Ray w
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
 import typer
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from mxn import audit
+from mxn import audit, services
+from mxn.audit import Actor
 from mxn.cli.common import DatabaseUrl, database_url, run
 from mxn.deploy import service
+from mxn.store.models import ManagedDeployment
 
 Chip = Annotated[str, typer.Option("--chip", help="chip type id: nvidia, amd, ascend, ..., cpu")]
 Wait = Annotated[float, typer.Option("--wait", help="seconds to wait for the gateway to carry it out (0: don't)")]
@@ -86,7 +90,7 @@ def deploy(
         typer.echo(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", err=True)
         raise typer.Exit(2)
 
-    url, row = _change(db, "deploy", lambda s: service.deploy(s, req), req.model_dump(exclude_none=True))
+    url, row = _change(db, lambda s, actor: services.managed.deploy(s, actor, req))
     target = f"{req.name or service.served_name(model)}@{chip}"
     typer.echo(f"deploying {target}: {replicas} replica(s) of {model} with {row.engine}")
     if wait:
@@ -94,15 +98,14 @@ def deploy(
         typer.echo(f"{target} is running")
 
 
-def _change(db: str | None, action: str, change: Any, details: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """Apply `change(session)` (which returns the managed row) to the store with its audit record; the store's URL
-    and the row."""
+def _change(
+    db: str | None, change: Callable[[AsyncSession, Actor], Awaitable[ManagedDeployment]]
+) -> tuple[str, ManagedDeployment]:
+    """Apply `change(session, actor)`, a `services.managed` change that returns the managed row, to the store; the
+    store's URL and the row."""
 
-    async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = await change(s)
-        audit.add(s, audit.cli_actor(), action, f"managed:{row.id}", details=details)
-        await s.commit()
-        return row
+    async def work(s: AsyncSession, _secret: bytes) -> ManagedDeployment:
+        return await change(s, audit.cli())
 
     url = database_url(db)
     return url, run(url, work)
@@ -119,7 +122,7 @@ def scale(
     """Change how many replicas of a managed deployment run."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url, row = _change(db, "scale", lambda s: service.scale(s, name, chip_id, replicas, engine), {"replicas": replicas})
+    url, row = _change(db, lambda s, actor: services.managed.scale(s, actor, name, chip_id, replicas, engine))
     typer.echo(f"{target} ({row.engine}): {replicas} replica(s)")
     if wait:
         _wait(
@@ -138,7 +141,7 @@ def undeploy(
     nothing else serves it)."""
     name, chip_id = _split(model, chip)
     target = f"{name}@{chip_id}"
-    url, row = _change(db, "undeploy", lambda s: service.undeploy(s, name, chip_id, engine))
+    url, row = _change(db, lambda s, actor: services.managed.undeploy(s, actor, name, chip_id, engine))
     typer.echo(f"undeploying {target} ({row.engine})")
     if wait:
         _wait(url, target, row.engine, wait, lambda v: v is None)

@@ -5,34 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
-from mxn import audit
+from mxn import audit, services
 from mxn.cli.common import DatabaseUrl, database_url, run
-from mxn.errors import NotFound
-from mxn.store.models import Deployment
 
 app = typer.Typer(no_args_is_help=True, help="Content moderation per deployment.")
 
 
 def _set(cell: str, on: bool, db: str | None) -> None:
-    model, _, chip = cell.partition("@")
-
     async def work(s, _secret):  # type: ignore[no-untyped-def]
-        row = (await s.execute(select(Deployment).where(Deployment.model == model, Deployment.chip == chip))).scalar()
-        if row is None:
-            raise NotFound(f"no deployment '{cell}' (write it as model@chip)")
-        if row.moderation != on:
-            row.moderation = on
-            audit.add(
-                s,
-                audit.cli_actor(),
-                "moderation.on" if on else "moderation.off",
-                f"deployment:{row.id}",
-                None,
-                {"deployment": cell},
-            )
-            await s.commit()
+        await services.moderation.set(s, audit.cli(), await services.deployments.by_name(s, cell), on)
 
     run(database_url(db), work)
     typer.echo(f"moderation {'on' if on else 'off'} for {cell}")

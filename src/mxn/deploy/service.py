@@ -15,6 +15,7 @@ from mxn.catalog.schema import CHIP_TYPES
 from mxn.deploy import recipes
 from mxn.deploy.controller import managed_key
 from mxn.errors import Conflict, InvalidRequest, NotFound
+from mxn.services import deployments
 from mxn.store.models import Chip, Deployment, Endpoint, ManagedDeployment, Model
 
 MAX_REPLICAS = 64
@@ -41,10 +42,12 @@ def served_name(source: str) -> str:
 
 
 async def _cell(s: AsyncSession, model: str, chip: str) -> Deployment:
-    row = (await s.execute(select(Deployment).where(Deployment.model == model, Deployment.chip == chip))).scalar()
-    if row is None:
-        raise NotFound(f"deployment {model}@{chip} does not exist", code="deployment_not_found")
-    return row
+    """The cell, found as every writer finds it. (`services.managed` wraps this module with audit records; this
+    one uses only `services.deployments`, which imports nothing of `mxn.deploy`: no module cycle.)"""
+    try:
+        return await deployments.by_name(s, f"{model}@{chip}")
+    except NotFound:  # `mxn scale|undeploy` say it in their own words (tests and scripts match them)
+        raise NotFound(f"deployment {model}@{chip} does not exist", code="deployment_not_found") from None
 
 
 async def _managed(s: AsyncSession, model: str, chip: str, engine: str | None = None) -> ManagedDeployment:

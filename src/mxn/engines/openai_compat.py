@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from mxn.engines import EndpointConfig
+from mxn.engines.base import ChunkStream, EndpointConfig, Engine
 from mxn.errors import InvalidRequest, MxnError, PayloadTooLarge, RateLimited, UpstreamError, UpstreamTimeout
 
 DEFAULT_TIMEOUTS = {"connect": 10.0, "first_token": 300.0, "between_tokens": 300.0, "total": 3600.0}
@@ -52,8 +52,8 @@ def _status_error(endpoint_id: int, status: int, body: bytes, retry_after: str |
     return UpstreamError(message)
 
 
-class OpenAICompatEngine:
-    supports_stream = True
+class OpenAICompatEngine(Engine):
+    """Its health is its upstream's, which the router probes over HTTP (`health()` stays None)."""
 
     def __init__(self, config: EndpointConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
@@ -101,7 +101,7 @@ class OpenAICompatEngine:
         return UpstreamStream(self, response, sent)
 
 
-class UpstreamStream:
+class UpstreamStream(ChunkStream):
     """Chunks of an SSE or bare-JSON-lines stream, as dicts, as soon as each line arrives.
 
     The socket is read in whatever pieces arrive and split into lines here: one read and one timer per network
@@ -113,8 +113,12 @@ class UpstreamStream:
         self.response = response
         self.opened = opened  # the first-token window began when the request was sent
         self.ended = False
+        self._buffered = 0
+
+    @property
+    def buffered(self) -> int:
         # Chunks already received and parsed but not yet yielded: a consumer may send what it has in one write.
-        self.buffered = 0
+        return self._buffered
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -145,9 +149,9 @@ class UpstreamStream:
                     if not isinstance(chunk, dict):
                         raise UpstreamError(f"endpoint {endpoint} sent a non-object chunk")
                     first = False
-                    self.buffered = len(payloads) - i - 1
+                    self._buffered = len(payloads) - i - 1
                     yield chunk
-                self.buffered = 0
+                self._buffered = 0
                 if self.ended:
                     return
 

@@ -50,6 +50,7 @@ class Admission:
     price: quota.Price
     reservation: quota.Reservation
     headers: dict[str, str]
+    cap: int | None = None  # the completion tokens the balance affords, when fewer than asked
     started: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
     done: bool = False
@@ -86,7 +87,7 @@ class Admission:
         metrics.TOKENS.labels(model, chip, "completion").inc(completion)
         if error:
             metrics.ERRORS.labels(model, chip, error).inc()
-        self.state.usage.add(
+        await self.state.usage.add(
             record(
                 user_id=p.user_id,
                 key_id=p.key_id,
@@ -105,11 +106,13 @@ class Admission:
         )
 
 
-def _refused(state: AppState, principal: Principal, cell: Cell, route: str, error: str, scope: str, limit: str) -> None:
+async def _refused(
+    state: AppState, principal: Principal, cell: Cell, route: str, error: str, scope: str, limit: str
+) -> None:
     """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
     metrics.LIMITED.labels(scope, limit).inc()
     metrics.REQUESTS.labels(cell.model.name, cell.chip.id, "429").inc()
-    state.usage.add(
+    await state.usage.add(
         record(
             user_id=principal.user_id,
             key_id=principal.key_id,
@@ -138,7 +141,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         what = f"{denied.key.rsplit(':', 1)[-1]} limit of {denied.limit}" if denied else "rate limit"
         scope = denied.key.split(":", 1)[0] if denied else "unknown"  # key, user or cell
         limit = denied.key.rsplit(":", 1)[-1] if denied else "unknown"  # rpm, rpd, tpm, concurrency
-        _refused(state, principal, cell, route, "rate_limit_exceeded", scope, limit)
+        await _refused(state, principal, cell, route, "rate_limit_exceeded", scope, limit)
         raise RateLimited(
             f"Rate limit reached: {what}. Retry after {limit_headers['retry-after']}s.", headers=limit_headers
         )
@@ -158,14 +161,13 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         )
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
-        _refused(state, principal, cell, route, exc.code or "insufficient_quota", "quota", "balance")
+        await _refused(state, principal, cell, route, exc.code or "insufficient_quota", "quota", "balance")
         minimum = price.cost(prepared.prompt_tokens, 1)
         state.alerts.soon(state.alerts.quota_spent(principal.user_id, principal.key_id or None, below=minimum))
         exc.headers = {**limit_headers, **exc.headers}
         raise
+    cap = None
     if reservation.amount < want:
         # The balance affords less than asked: it caps the generation instead of refusing it.
-        affordable = price.completion_affordable(reservation.amount, prepared.prompt_tokens) // prepared.choices
-        prepared.max_tokens = prepared.body["max_tokens"] = max(1, affordable)
-        prepared.body.pop("max_completion_tokens", None)
-    return Admission(state, principal, cell, route, rules, request_id, price, reservation, limit_headers)
+        cap = max(1, price.completion_affordable(reservation.amount, prepared.prompt_tokens) // prepared.choices)
+    return Admission(state, principal, cell, route, rules, request_id, price, reservation, limit_headers, cap)

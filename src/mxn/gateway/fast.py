@@ -1,52 +1,63 @@
-"""The generation routes answered in front of the framework's router: the request path's own door.
+"""The generation routes: one table, answered in front of the framework's router and registered with it.
 
-FastAPI's routing, dependency solving and exception layers cost more per request than everything mxn does for
-a small completion, so POSTs to the generation routes are matched here by their path and handed straight to the
-pipeline. Security headers and CORS still wrap them (this sits inside those middlewares); the FastAPI routes stay
-registered for the OpenAPI document and anything this does not match.
+FastAPI's routing, dependency solving and exception layers cost more per request than everything mxn does for a
+small completion, so POSTs to these routes are matched here by their path and handed straight to the pipeline.
+Security headers and CORS still wrap them (this sits inside those middlewares). The same table registers them
+with FastAPI (`routes.py`), for the OpenAPI document: one list, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mxn.errors import MxnError
 from mxn.gateway import pipeline, responses
+from mxn.gateway.openapi import request_body
+from mxn.gateway.protocols import CHAT, COMPLETIONS, EMBEDDINGS, Protocol
+from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
-Handler = Callable[[Request, pipeline.CellRef], Awaitable[Response]]
-
-
-async def _embeddings(request: Request, _ref: pipeline.CellRef) -> Response:
-    return await pipeline.embeddings(request)
-
-
-_V1: dict[str, Handler] = {
-    "/v1/chat/completions": pipeline.chat_completions,
-    "/v1/completions": pipeline.completions,
-    "/v1/embeddings": _embeddings,
-}
+MAAS = "/maas/{model}/{chip}/"  # the GenStudio M×N form: the cell is in the path
 
 
-def match(path: str) -> tuple[Handler, pipeline.CellRef] | None:
-    """The handler and cell of a generation route, as the FastAPI routes would match it, or None."""
-    handler = _V1.get(path)
-    if handler is not None:
-        return handler, None
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # the route's name in FastAPI, and so its OpenAPI operation
+    path: str
+    protocol: Protocol
+    tag: str
+    body: dict[str, Any] = field(hash=False)  # the request body as /docs shows it
+
+
+# The /v1 form names its cell in `model` (`name` or `name@chip`); a /maas path names it instead.
+GENERATION = (
+    Route("v1_chat", "/v1/chat/completions", CHAT, "openai", request_body(ChatCompletionRequest, require=("model",))),
+    Route(
+        "v1_completions", "/v1/completions", COMPLETIONS, "openai", request_body(CompletionRequest, require=("model",))
+    ),
+    Route("v1_embeddings", "/v1/embeddings", EMBEDDINGS, "openai", request_body(EmbeddingRequest, require=("model",))),
+    Route("maas_chat", MAAS + "chat/completions", CHAT, "maas", request_body(ChatCompletionRequest)),
+    Route("maas_completions", MAAS + "completions", COMPLETIONS, "maas", request_body(CompletionRequest)),
+)
+_V1 = {r.path: r for r in GENERATION if not r.path.startswith(MAAS)}
+_MAAS = {r.path.removeprefix(MAAS): r for r in GENERATION if r.path.startswith(MAAS)}
+
+
+def match(path: str) -> tuple[Route, pipeline.CellRef] | None:
+    """The route and cell of a generation path, as the framework's router matches it, or None."""
+    route = _V1.get(path)
+    if route is not None:
+        return route, None
     if not path.startswith("/maas/"):
         return None
-    parts = path.split("/")  # '', 'maas', model, chip, then 'chat', 'completions' or 'completions'
+    parts = path.split("/", 4)  # '', 'maas', model, chip, the rest
     if len(parts) < 5 or not parts[2] or not parts[3]:
         return None
-    ref = (parts[2], parts[3])
-    if len(parts) == 6 and parts[4] == "chat" and parts[5] == "completions":
-        return pipeline.chat_completions, ref
-    if len(parts) == 5 and parts[4] == "completions":
-        return pipeline.completions, ref
-    return None
+    route = _MAAS.get(parts[4])
+    return None if route is None else (route, (parts[2], parts[3]))
 
 
 class FastRoutes:
@@ -63,14 +74,12 @@ class FastRoutes:
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(
-        self, handler: Handler, ref: pipeline.CellRef, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def _answer(self, route: Route, ref: pipeline.CellRef, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            response = await handler(request, ref)
+            response = await pipeline.handle(route.protocol, request, ref)
         except MxnError as exc:
-            response = responses.error_response(exc)
+            response = route.protocol.error_response(exc)
         except Exception as exc:  # answered as the app's own handler answers it: logged, never shown
             response = await responses.on_unexpected(request, exc)
         await response(scope, receive, send)

@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
-import secrets
 import time
 from typing import Any
 
 from mxn.tokens import Tokenizer
 
-FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
-_FINISH_ALIASES = {
-    "eos": "stop",
-    "eos_token": "stop",
-    "stop_sequence": "stop",
-    "end_turn": "stop",
-    "abort": "stop",
-    "max_tokens": "length",
-    "max_length": "length",
-    "model_length": "length",
-    "tool_use": "tool_calls",
-}
-
-
-# Unique across replicas and restarts without asking the OS for randomness on every request.
-_PROCESS = secrets.token_hex(6)
-_serial = itertools.count()
-
-
-def request_id() -> str:
-    return f"{_PROCESS}{next(_serial):x}"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{_PROCESS}{next(_serial):012x}"
-
-
-def finish_reason(value: Any) -> str | None:
-    if value is None or value in FINISH_REASONS:
-        return value
-    return _FINISH_ALIASES.get(str(value).lower(), "stop")
-
+# Ids and the envelope live in mxn.wire, which the embedded engine's server shares; new_id and request_id stay
+# importable from here.
+from mxn.wire import completion_id, envelope, finish_reason, object_name
+from mxn.wire import new_id as new_id
+from mxn.wire import request_id as request_id
+from mxn.wire import usage as _usage
 
 USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
-
-
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -68,10 +36,8 @@ def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> d
 def response(data: dict[str, Any], *, kind: str, model: str, prompt_tokens: int, tok: Tokenizer) -> dict[str, Any]:
     """A complete (non-stream) chat or text completion."""
     chat = kind == "chat"
-    data["id"] = data.get("id") or new_id("chatcmpl" if chat else "cmpl")
-    data["object"] = "chat.completion" if chat else "text_completion"
-    data["created"] = data.get("created") or int(time.time())
-    data["model"] = model
+    # In place: the upstream's own fields keep their places, ours follow in OpenAI's order.
+    data.update(envelope(data.get("id") or completion_id(chat), chat, model, data.get("created") or None))
     completion = 0
     choices = data.get("choices") or []
     for i, choice in enumerate(choices):
@@ -109,7 +75,7 @@ class StreamNormalizer:
     def chunk(self, c: dict[str, Any]) -> dict[str, Any] | None:
         """The chunk to send on, or None when it carried nothing for the client (a usage-only chunk)."""
         if self.id is None:
-            self.id = c.get("id") or new_id("chatcmpl" if self.chat else "cmpl")
+            self.id = c.get("id") or completion_id(self.chat)
             self.created = c.get("created") or int(time.time())
         usage = c.pop("usage", None)
         if isinstance(usage, dict):
@@ -118,7 +84,7 @@ class StreamNormalizer:
         if not choices:
             return None
         c["id"] = self.id
-        c["object"] = "chat.completion.chunk" if self.chat else "text_completion"
+        c["object"] = object_name(self.chat, chunk=True)
         c["created"] = self.created
         c["model"] = self.model
         for i, choice in enumerate(choices):
@@ -140,13 +106,8 @@ class StreamNormalizer:
         return settle_usage(self.upstream_usage, self.prompt_tokens, completion)
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id or new_id("chatcmpl" if self.chat else "cmpl"),
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self.created or int(time.time()),
-            "model": self.model,
-            "choices": choices,
-        }
+        head = envelope(self.id or completion_id(self.chat), self.chat, self.model, self.created or None, chunk=True)
+        return {**head, "choices": choices}
 
     def text_chunk(self, texts: dict[int, str], finish_reason: str | None = None) -> dict[str, Any]:
         """A chunk of our own: these texts per choice, or (with a finish_reason) the end of every choice."""

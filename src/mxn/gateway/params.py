@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mxn.catalog.registry import Cell, EndpointInfo
@@ -51,6 +51,14 @@ class Prepared:
     choices: int = 1  # completions the request asks for: n, times the prompts of a batch completion
     # Optional parameters the client set itself (not a model default): an endpoint must take each of them.
     asked: frozenset[str] = frozenset()
+
+    def capped(self, cap: int | None) -> Prepared:
+        """This request with its generation capped at `cap` tokens (what the balance affords); itself when None."""
+        if cap is None:
+            return self
+        body = {k: v for k, v in self.body.items() if k != "max_completion_tokens"}
+        body["max_tokens"] = cap
+        return replace(self, body=body, max_tokens=cap)
 
 
 def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:

@@ -1,42 +1,82 @@
-"""The request path for generation: authenticate → parse → resolve the cell → prepare → admit → moderate the
-input → dispatch → normalise (and moderate the output) → settle."""
+"""The request path: one chain of steps over one `Call`, the same for every front-end protocol.
+
+    authenticate         gateway/auth.py        the key (or console session) → a Principal
+    parse                gateway/body.py        the JSON body, bounded in size and depth
+    resolve              gateway/pipeline.py    the cell: a /maas path, or the body's `model`
+    prepare              gateway/protocols/     the protocol's request → the internal request (params.py)
+    admit                gateway/admit.py       rate limits, then quota reserved
+    moderate the input   gateway/moderate.py
+    dispatch             gateway/dispatch.py    to an endpoint, failing over while nothing has been sent
+    transform the answer gateway/stream.py      normalised (normalize.py), moderated (moderate.py), rendered in
+                                                the protocol's own format (protocols/)
+    settle               gateway/admit.py       quota to the real cost, limits, a usage record
+
+A front-end protocol is an adapter (`protocols/`); a feature is a step or a transform of the answer, never a
+branch inside another step.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from mxn.accounts.service import Principal
 from mxn.catalog.registry import Cell, EndpointInfo
 from mxn.errors import ClientGone, InvalidRequest, ModelNotFound, MxnError
-from mxn.gateway import dispatch, normalize
+from mxn.gateway import dispatch, moderate, stream
 from mxn.gateway.admit import Admission, admit
-from mxn.gateway.auth import api_principal
-from mxn.gateway.body import read_json, validate
-from mxn.gateway.params import Prepared, able, prepare_chat, prepare_completion
-from mxn.gateway.responses import json_response
+from mxn.gateway.auth import api_principal, client_host
+from mxn.gateway.normalize import StreamNormalizer
+from mxn.gateway.params import Prepared, able
+from mxn.gateway.protocols import Protocol
 from mxn.gateway.state import AppState
-from mxn.moderation import check as moderation
-from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from mxn.wire import json_response, read_json
 
 T = TypeVar("T")
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # A cell is `(model, chip)` from a /maas path, or None: the body's `model` (`name` or `name@chip`).
 CellRef = tuple[str, str] | None
 
 
+@dataclass(slots=True)
+class Call:
+    """One request on its way: filled in step by step."""
+
+    request: Request
+    state: AppState
+    protocol: Protocol
+    principal: Principal
+    raw: dict[str, Any]
+    cell: Cell
+    prepared: Prepared = field(init=False)
+    admission: Admission = field(init=False)
+    norm: StreamNormalizer = field(init=False)  # a stream's normaliser: what streamed, for settlement
+    blocked: str | None = None  # set by output moderation: the answer was cut ("content_filter")
+
+
+async def handle(protocol: Protocol, request: Request, ref: CellRef = None) -> Response:
+    """The whole chain for one request of a generation or embedding protocol."""
+    principal, raw, cell = await begin(request, ref)
+    call = Call(request, request.app.state.mxn, protocol, principal, raw, cell)
+    call.prepared = protocol.prepare(call.raw, call.cell, call.state.unknown_fields)
+    able(call.prepared, call.cell.endpoints, call.cell)  # a parameter no engine of the cell takes: refused now
+    call.admission = await admit(call.state, call.principal, call.cell, call.prepared, protocol.name)
+    call.prepared = call.prepared.capped(call.admission.cap)
+    if call.prepared.stream:
+        return await _stream(call)
+    return await _complete(call)
+
+
 async def begin(request: Request, ref: CellRef) -> tuple[Principal, dict[str, Any], Cell]:
-    """The steps every generation route starts with."""
+    """Authenticate, parse and resolve: the steps every route on a cell starts with."""
     state: AppState = request.app.state.mxn
     principal = await api_principal(request)
-    if principal.key_id:
-        await state.alerts.key_used(
-            principal.key_id, principal.user_id, request.client.host if request.client else None
-        )
+    if principal.key_id:  # scheduled, never awaited here: noticing a new address must not slow or fail a request
+        state.alerts.note_key_use(principal.key_id, principal.user_id, client_host(request))
     raw = await read_json(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     cell = resolve_cell(state, ref, raw.get("model"))
     if not (cell.model.public or principal.is_admin):
@@ -54,78 +94,44 @@ def resolve_cell(state: AppState, ref: CellRef, model: Any) -> Cell:
     return state.catalog.resolve(model, state.router.cell_state)
 
 
-def _candidates(request: Request, cell: Cell, principal: Principal, prepared: Prepared) -> list[EndpointInfo]:
-    state: AppState = request.app.state.mxn
-    found = state.router.candidates(cell, principal.pinned_endpoint if principal.is_admin else None)
-    return able(prepared, found, cell)
+def _candidates(call: Call) -> list[EndpointInfo]:
+    # Chosen after admission and with no await before the first attempt starts, so that the router's in-flight
+    # counts, concurrency caps and half-open probes see every request that is under way.
+    principal = call.principal
+    found = call.state.router.candidates(call.cell, principal.pinned_endpoint if principal.is_admin else None)
+    return able(call.prepared, found, call.cell)
 
 
-def _need_generative(cell: Cell) -> None:
-    if cell.model.kind == "embedding":
-        raise InvalidRequest(
-            f"'{cell.model.name}' is an embedding model; use /v1/embeddings", param="model", code="wrong_model_kind"
-        )
-
-
-async def chat_completions(request: Request, ref: CellRef = None) -> Response:
-    principal, raw, cell = await begin(request, ref)
-    _need_generative(cell)
-    req = validate(ChatCompletionRequest, raw)
-    return await _generate(request, cell, principal, prepare_chat(req, raw, cell), "chat", "chat/completions")
-
-
-async def completions(request: Request, ref: CellRef = None) -> Response:
-    principal, raw, cell = await begin(request, ref)
-    _need_generative(cell)
-    req = validate(CompletionRequest, raw)
-    return await _generate(request, cell, principal, prepare_completion(req, raw, cell), "text", "completions")
-
-
-async def _generate(
-    request: Request, cell: Cell, principal: Principal, prepared: Prepared, kind: str, route: str
-) -> Response:
-    state: AppState = request.app.state.mxn
-    able(prepared, cell.endpoints, cell)  # a parameter no engine of the cell takes is refused before admission
-    adm = await admit(state, principal, cell, prepared, route)
-    tok = cell.model.tokenizer
+async def _complete(call: Call) -> Response:
+    """Moderate the input, dispatch, normalise and moderate the answer, settle, answer in the protocol's shape."""
     try:
-        if cell.rules is not None:
-            await moderation.check_input(state.http, cell.rules, prepared.body, cell.name)
-        # Chosen after admission and with no await before the first attempt starts, so that the router's
-        # in-flight counts, concurrency caps and half-open probes see every request that is under way.
-        candidates = _candidates(request, cell, principal, prepared)
-        if prepared.stream:
-            endpoint, stream = await dispatch.open_stream(state.router, cell, candidates, route, prepared)
-        else:
-            endpoint, data = await until_disconnected(
-                request, dispatch.call(state.router, cell, candidates, route, prepared)
-            )
-            body = normalize.response(
-                data, kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok
-            )
-            if cell.rules is not None:
-                await moderation.check_output(state.http, cell.rules, body, kind == "chat")
+        await moderate.check_input(call)
+        work = dispatch.call(call.state.router, call.cell, _candidates(call), call.protocol.route, call.prepared)
+        endpoint, data = await until_disconnected(call.request, work)
+        body = call.protocol.normalized(data, call)
+        await moderate.check_output(call, body)
     except BaseException as exc:
-        await _failed(adm, exc)
+        await _failed(call.admission, exc)
         raise
-    if not prepared.stream:
-        usage = body["usage"]
-        blocked = "content_filter" if body.get("blocked") else None
-        await adm.finish(200, usage["prompt_tokens"], usage["completion_tokens"], endpoint.id, blocked)
-        return json_response(body, headers=adm.headers)
-    adm.first_token()
-    norm = normalize.StreamNormalizer(kind=kind, model=cell.model.name, prompt_tokens=prepared.prompt_tokens, tok=tok)
-    guard = moderation.StreamGuard(cell.rules, state.http) if cell.rules is not None else None
-
-    async def finish(status: int, error: str | None) -> None:
-        used = norm.usage()
-        await adm.finish(status, used["prompt_tokens"], used["completion_tokens"], endpoint.id, error)
-
-    return StreamingResponse(
-        dispatch.sse_events(stream, norm, prepared.include_usage, finish, guard),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **adm.headers},
+    usage = body["usage"]
+    await call.admission.finish(
+        200, usage["prompt_tokens"], usage.get("completion_tokens", 0), endpoint.id, call.blocked
     )
+    return json_response(call.protocol.answer(body, call), headers=call.admission.headers)
+
+
+async def _stream(call: Call) -> Response:
+    """Moderate the input, open a stream whose first chunk has arrived; the rest is `stream.respond`'s."""
+    try:
+        await moderate.check_input(call)
+        endpoint, opened = await dispatch.open_stream(
+            call.state.router, call.cell, _candidates(call), call.protocol.route, call.prepared
+        )
+    except BaseException as exc:
+        await _failed(call.admission, exc)
+        raise
+    call.admission.first_token()
+    return stream.respond(call, endpoint, opened)
 
 
 async def _failed(adm: Admission, exc: BaseException) -> None:
@@ -166,28 +172,3 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         raise ClientGone("the client went away before the answer was ready")
     finally:
         watcher.cancel()
-
-
-async def embeddings(request: Request) -> Response:
-    principal, raw, cell = await begin(request, None)
-    if cell.model.kind != "embedding":
-        raise InvalidRequest(f"'{cell.model.name}' is not an embedding model", param="model", code="wrong_model_kind")
-    req = validate(EmbeddingRequest, raw)
-    req.check()
-    inputs = req.input if isinstance(req.input, list) else [req.input]
-    tok = cell.model.tokenizer
-    prompt_tokens = sum(tok.count(x) if isinstance(x, str) else (len(x) if isinstance(x, list) else 1) for x in inputs)
-    prepared = Prepared(dict(raw, model=cell.model.name), prompt_tokens, 0, False, False)
-    state: AppState = request.app.state.mxn
-    adm = await admit(state, principal, cell, prepared, "embeddings")
-    try:
-        candidates = _candidates(request, cell, principal, prepared)
-        endpoint, data = await until_disconnected(
-            request, dispatch.call(state.router, cell, candidates, "embeddings", prepared)
-        )
-        out = normalize.embeddings(data, model=cell.model.name, prompt_tokens=prompt_tokens)
-    except BaseException as exc:
-        await _failed(adm, exc)
-        raise
-    await adm.finish(200, out["usage"]["prompt_tokens"], 0, endpoint.id)
-    return json_response(out, headers=adm.headers)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import asyncpg
-import orjson
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
@@ -14,21 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mxn.errors import InvalidRequest, MxnError, NotFound, ServiceUnavailable
+from mxn.wire import error_response
 
 log = logging.getLogger("mxn")
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
-
-
-def error_response(exc: MxnError) -> Response:
-    return Response(exc.json(), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def on_mxn_error(_request: Request, exc: Exception) -> Response:

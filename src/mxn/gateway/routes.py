@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -10,21 +11,15 @@ from starlette.responses import Response
 
 from mxn import metrics
 from mxn.errors import ModelNotFound, ServiceUnavailable
-from mxn.gateway import pipeline, views
+from mxn.gateway import fast, pipeline, views
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import validate
 from mxn.gateway.openapi import PUBLIC, request_body
-from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.protocol.maas import ModelDetailsRequest, TokenCountRequest
-from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from mxn.wire import json_response
 
 router = APIRouter()
-# Bodies as /docs shows them; the /v1 form names its cell in `model`, a /maas path names it instead.
-CHAT, COMPLETION = request_body(ChatCompletionRequest), request_body(CompletionRequest)
-V1_CHAT, V1_COMPLETION, V1_EMBEDDING = (
-    request_body(m, require=("model",)) for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
-)
 _STARTED = int(time.time())
 
 
@@ -33,22 +28,33 @@ def _state(request: Request) -> AppState:
     return state
 
 
+def _generation(route: fast.Route) -> Callable[..., Awaitable[Response]]:
+    """The framework's endpoint of a generation route; `fast.FastRoutes` answers these paths before it is reached."""
+    if route.path.startswith(fast.MAAS):
+
+        async def on_cell(model: str, chip: str, request: Request) -> Response:
+            return await pipeline.handle(route.protocol, request, (model, chip))
+
+        return on_cell
+
+    async def by_model(request: Request) -> Response:
+        return await pipeline.handle(route.protocol, request)
+
+    return by_model
+
+
+for _route in fast.GENERATION:
+    router.add_api_route(
+        _route.path,
+        _generation(_route),
+        methods=["POST"],
+        name=_route.name,
+        tags=[_route.tag],
+        openapi_extra=_route.body,
+    )
+
+
 # --- OpenAI form: the chip is chosen by routing, or named as `model@chip` ---
-@router.post("/v1/chat/completions", tags=["openai"], openapi_extra=V1_CHAT)
-async def v1_chat(request: Request) -> Response:
-    return await pipeline.chat_completions(request)
-
-
-@router.post("/v1/completions", tags=["openai"], openapi_extra=V1_COMPLETION)
-async def v1_completions(request: Request) -> Response:
-    return await pipeline.completions(request)
-
-
-@router.post("/v1/embeddings", tags=["openai"], openapi_extra=V1_EMBEDDING)
-async def v1_embeddings(request: Request) -> Response:
-    return await pipeline.embeddings(request)
-
-
 @router.get("/v1/models", tags=["openai"])
 async def v1_models(request: Request) -> Response:
     principal = await api_principal(request)
@@ -60,16 +66,6 @@ async def v1_models(request: Request) -> Response:
 
 
 # --- GenStudio M×N form: one exact cell per base URL ---
-@router.post("/maas/{model}/{chip}/chat/completions", tags=["maas"], openapi_extra=CHAT)
-async def maas_chat(model: str, chip: str, request: Request) -> Response:
-    return await pipeline.chat_completions(request, (model, chip))
-
-
-@router.post("/maas/{model}/{chip}/completions", tags=["maas"], openapi_extra=COMPLETION)
-async def maas_completions(model: str, chip: str, request: Request) -> Response:
-    return await pipeline.completions(request, (model, chip))
-
-
 @router.post("/maas/{model}/{chip}/token_count", tags=["maas"], openapi_extra=request_body(TokenCountRequest))
 async def maas_token_count(model: str, chip: str, request: Request) -> Response:
     _principal, raw, cell = await pipeline.begin(request, (model, chip))
@@ -150,7 +146,7 @@ async def readyz(request: Request) -> Response:
     except Exception:
         raise ServiceUnavailable("the store is not reachable", code="not_ready")
     cells = state.catalog.cells.values()
-    loading = [c.name for c in cells for e in c.endpoints if not getattr(e.engine, "ready", True)]
+    loading = [c.name for c in cells for e in c.endpoints if not e.engine.ready]
     if loading:
         raise ServiceUnavailable(f"loading models: {', '.join(sorted(set(loading)))}", code="not_ready")
     running = sum(state.router.cell_state(c) == "running" for c in cells)

@@ -1,4 +1,4 @@
-"""What the app holds for its lifetime: settings, store, secret, upstream client, catalogue snapshot."""
+"""What the app holds for its lifetime: settings, store, secret, upstream client, engines, catalogue snapshot."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
 from mxn.deploy.controller import Controller
+from mxn.engines.pool import EnginePool
+from mxn.gateway.body import UnknownFields
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import AuthThrottle, MemoryCounter
+from mxn.moderation.rules import RuleCache
 from mxn.routing import Router
 from mxn.usage import UsageWriter
 
@@ -39,15 +42,25 @@ class AppState:
     catalog: Catalog = field(default_factory=Catalog)
     # Failed authentications per client address; off (limit 0) until the app sets its own.
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
+    unknown_fields: UnknownFields = field(default_factory=UnknownFields)  # request fields logged once each
+    rules: RuleCache = field(default_factory=RuleCache)  # compiled moderation rules, kept across reloads
+    engines: EnginePool = field(init=False)  # one engine per endpoint, kept across catalogue reloads
     alerts: Alerts = field(init=False)
     keys: KeyCache = field(init=False)
     holds: Holds = field(init=False)
     deployments: Controller = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
+    # One reload at a time: two at once could leave the older snapshot in place, and the pool rebuilding engines
+    # back and forth between them.
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.engines = EnginePool(self.upstream)
 
     async def reload_catalog(self) -> None:
-        self.catalog = await load_catalog_snapshot(self.sessions, self.upstream)
+        async with self._reloading:
+            self.catalog = await load_catalog_snapshot(self.sessions, self.engines, self.rules)
 
     def start_refresh(self) -> None:
         """Re-read the catalogue now and then, so edits made through another replica or the CLI arrive."""
@@ -85,6 +98,7 @@ class AppState:
         await self.holds.close()  # and gives back every held balance
         await self.limiter.close()
         await self.throttle.close()
+        await self.engines.close()  # frees local models
         await self.http.aclose()
         await self.upstream.close()
         await self.db.dispose()

@@ -13,9 +13,9 @@ from starlette.responses import Response
 
 from mxn.accounts.service import parse_duration, parse_time
 from mxn.errors import InvalidRequest
-from mxn.gateway.responses import json_response
 from mxn.store.models import Usage, User
 from mxn.usage import COLUMNS
+from mxn.wire import json_response
 
 FIELDS = ("id", "user", *COLUMNS)
 

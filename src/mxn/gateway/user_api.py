@@ -6,22 +6,20 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from mxn import alerts, audit
+from mxn import alerts, audit, services
 from mxn.accounts import codes
 from mxn.accounts import service as accounts
 from mxn.accounts.passwords import verify_password
-from mxn.accounts.service import Principal
-from mxn.errors import AuthError, NotFound, PermissionDenied
+from mxn.errors import AuthError, PermissionDenied
 from mxn.gateway.auth import SESSION_COOKIE, api_principal, client_host, held_balances_back
 from mxn.gateway.openapi import PUBLIC
-from mxn.gateway.responses import json_response
 from mxn.gateway.state import AppState
 from mxn.gateway.usage_views import parse_since, usage_response, usage_rows
 from mxn.store.models import ApiKey, User
+from mxn.wire import json_response
 
 router = APIRouter(prefix="/api", tags=["user"])
 
@@ -93,20 +91,11 @@ async def _confirm_password(request: Request, s: AsyncSession, user_id: int, pas
     return user
 
 
-async def _own_key(s: AsyncSession, principal: Principal, key_id: int) -> ApiKey:
-    row = await s.get(ApiKey, key_id)
-    if row is None or row.user_id != principal.user_id:
-        raise NotFound(f"no key {key_id}", code="key_not_found")
-    return row
-
-
 @router.get("/keys")
 async def my_keys(request: Request) -> Response:
     principal = await api_principal(request)
     async with _state(request).sessions() as s:
-        rows = (
-            await s.execute(select(ApiKey).where(ApiKey.user_id == principal.user_id).order_by(ApiKey.id))
-        ).scalars()
+        rows = await services.keys.of_user(s, principal.user_id)
         return json_response({"data": [accounts.key_view(k, principal.user) for k in rows]})
 
 
@@ -116,10 +105,9 @@ async def create_my_key(body: KeyCreate, request: Request) -> Response:
     state = _state(request)
     async with state.sessions() as s:
         user = await _confirm_password(request, s, principal.user_id, body.password)
-        row, key = await accounts.create_key(s, state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS))
-        await s.flush()
-        audit.from_request(s, request, "key.create", f"key:{row.id}", {"name": row.name})
-        await s.commit()
+        row, key = await services.keys.create(
+            s, audit.actor_of(request), state.secret, user, **body.model_dump(include=accounts.KEY_FIELDS)
+        )
         return json_response({**accounts.key_view(row, user.name), "key": key}, 201)
 
 
@@ -129,10 +117,8 @@ async def rotate_my_key(key_id: int, body: Confirm, request: Request) -> Respons
     state = _state(request)
     async with state.sessions() as s:
         await _confirm_password(request, s, principal.user_id, body.password)
-        row = await _own_key(s, principal, key_id)
-        key = await accounts.rotate_key(s, state.secret, row)
-        audit.from_request(s, request, "key.rotate", f"key:{row.id}")
-        await s.commit()
+        row = await services.keys.owned(s, principal.user_id, key_id)
+        key = await services.keys.rotate(s, audit.actor_of(request), state.secret, row)
         return json_response({**accounts.key_view(row, principal.user), "key": key})
 
 
@@ -140,10 +126,8 @@ async def rotate_my_key(key_id: int, body: Confirm, request: Request) -> Respons
 async def revoke_my_key(key_id: int, request: Request) -> Response:
     principal = await api_principal(request)
     async with _state(request).sessions() as s:
-        row = await _own_key(s, principal, key_id)
-        row.enabled = False
-        audit.from_request(s, request, "key.revoke", f"key:{row.id}")
-        await s.commit()
+        row = await services.keys.owned(s, principal.user_id, key_id)
+        await services.keys.revoke(s, audit.actor_of(request), row)
         return json_response(accounts.key_view(row, principal.user))
 
 
@@ -151,9 +135,8 @@ async def revoke_my_key(key_id: int, request: Request) -> Response:
 async def delete_my_key(key_id: int, request: Request) -> Response:
     principal = await api_principal(request)
     async with _state(request).sessions() as s:
-        await s.delete(await _own_key(s, principal, key_id))
-        audit.from_request(s, request, "key.delete", f"key:{key_id}")
-        await s.commit()
+        row = await services.keys.owned(s, principal.user_id, key_id)
+        await services.keys.delete(s, audit.actor_of(request), row)
         return json_response({"id": key_id, "deleted": True})
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from mxn.limits import CONCURRENT, QUANTA, SLOT_TTL, Decision, Rule, Usage, weight
@@ -82,8 +84,15 @@ return {'1', '0', '0', unpack(out)}
 
 
 class RedisLimiter:
-    def __init__(self, url: str) -> None:
-        self.redis: Any = aioredis.from_url(url, decode_responses=True)
+    def __init__(self, url: str, connect_timeout: float | None = None) -> None:
+        """`connect_timeout`: seconds a connection may take, and no retries, for a caller that bounds each call
+        itself (`asyncio.timeout` around it) and decides what a failure means; None: redis-py's defaults."""
+        options: dict[str, Any] = {}
+        if connect_timeout is not None:
+            # Not socket_timeout: with it set, redis-py sends every command under asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancellation that arrives as the send completes.
+            options = {"socket_connect_timeout": connect_timeout, "retry": Retry(NoBackoff(), 0)}
+        self.redis: Any = aioredis.from_url(url, decode_responses=True, **options)
         self.script = self.redis.register_script(_SCRIPT)
 
     @staticmethod
@@ -138,6 +147,14 @@ class RedisLimiter:
             for r in rules:
                 pipe.zrem(PREFIX + r.key, request_id)
             await pipe.execute()
+
+    async def release_many(self, slots: dict[str, list[Rule]]) -> None:
+        """Give back the slots of many requests (request id -> its CONCURRENT rules) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id, rules in slots.items():
+            for r in rules:
+                pipe.zrem(PREFIX + r.key, request_id)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -106,7 +106,8 @@ class Rules:
 
 
 class RuleCache:
-    """Compiled rules kept across catalogue reloads: a reload that changed no rule set compiles nothing."""
+    """Compiled rules kept across catalogue reloads: a reload that changed no rule set compiles nothing. Whoever
+    loads catalogue snapshots owns one (`RuleCache()`) and passes it to every load."""
 
     def __init__(self) -> None:
         self._rules: dict[tuple[tuple[int, str], ...], Rules] = {}

@@ -6,7 +6,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from mxn.store import generation  # noqa: F401  (every session marks changes to accounts)
+from mxn.store.generation import AccountChanges
 
 
 def is_sqlite(url: str) -> bool:
@@ -31,4 +31,7 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions on the store whose commits mark changes to accounts (`store.generation`); the hooks that do it
+    belong to this factory, so `generation.changes_of(factory)` subscribes to them."""
+    changes = AccountChanges()
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=changes.session_class)

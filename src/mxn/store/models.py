@@ -134,6 +134,8 @@ class Usage(Base):
     status: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(64))
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Given when the record is journaled: moving a batch again (after a crash) never counts it twice.
+    record_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
 
 
 class Session(Base):

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import torch
 
-from mxn.engines import EndpointConfig
+from mxn.engines.base import ChunkStream, EndpointConfig, Engine
 from mxn.engines.local import loader
 from mxn.engines.local.sampling import SamplingParams
 from mxn.engines.local.scheduler import DELTA, ERROR, FINISH, Job, Scheduler, Seq, generator_for, new_job
 from mxn.engines.local.text import Detokenizer, StopMatcher
 from mxn.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable, UpstreamError
 from mxn.paths import resolve_path
+from mxn.wire import usage as _usage
 
 log = logging.getLogger("mxn.local")
 _UNSUPPORTED = {"tools": "tool calls", "response_format": "response_format", "use_beam_search": "beam search"}
@@ -54,32 +54,34 @@ def _is_causal(path: Path) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
 
 
-class LocalEngine:
-    supports_stream = True
+class LocalEngine(Engine):
+    """The model loads in a thread from construction on; `close()` frees it once its running requests are done."""
 
-    def __init__(self, config: EndpointConfig, _client: aiohttp.ClientSession) -> None:
+    def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.options = dict(config.options)
         self.device = loader.detect_device(self.options.get("device"))
         self.dtype = loader.pick_dtype(self.device, self.options.get("dtype"))
-        self.hardware = loader.hardware(self.device, self.dtype)
+        self._hardware = loader.hardware(self.device, self.dtype)
         self._loaded: Future[CausalLM | Encoder] = Future()
-        threading.Thread(target=self._load, name=f"mxn-load-{config.id}", daemon=True).start()
+        self._closed = False
+        # The thread is given its future: close() replaces the engine's own while a load may still be going on.
+        threading.Thread(target=self._load, args=(self._loaded,), name=f"mxn-load-{config.id}", daemon=True).start()
 
-    def _load(self) -> None:
+    def _load(self, loaded: Future[CausalLM | Encoder]) -> None:
         try:
             path = resolve_path(self.config.path or "")
             if _is_causal(path):
-                self._loaded.set_result(self._load_causal(path))
+                loaded.set_result(self._load_causal(path))
             else:
                 model, tok = loader.load_encoder(path, self.device, self.dtype)
                 limit = min(int(getattr(tok, "model_max_length", 512) or 512), 512)
                 worker = ThreadPoolExecutor(1, thread_name_prefix=f"mxn-encoder-{self.config.id}")
-                self._loaded.set_result(Encoder(model, tok, self.device, limit, worker))
-            log.info("endpoint %s: loaded %s on %s (%s)", self.config.id, path, self.device, self.hardware["dtype"])
+                loaded.set_result(Encoder(model, tok, self.device, limit, worker))
+            log.info("endpoint %s: loaded %s on %s (%s)", self.config.id, path, self.device, self._hardware["dtype"])
         except Exception as exc:
             log.error("endpoint %s: cannot load %s: %s", self.config.id, self.config.path, exc)
-            self._loaded.set_exception(exc)
+            loaded.set_exception(exc)
 
     def _load_causal(self, path: Path) -> CausalLM:
         model, tok = loader.load_causal_lm(path, self.device, self.dtype)
@@ -109,6 +111,10 @@ class LocalEngine:
         return self._loaded.done()
 
     @property
+    def hardware(self) -> dict[str, Any]:
+        return self._hardware
+
+    @property
     def failed(self) -> bool:
         return self._loaded.done() and self._loaded.exception() is not None
 
@@ -122,13 +128,33 @@ class LocalEngine:
             return {"loaded": True, "running": len(s.running), "waiting": s.queued, "steps": s.steps}
         return {"loaded": True}
 
+    async def health(self) -> bool:
+        return not self.failed  # loading counts as healthy: requests wait for the model
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Forget the model here at once; its scheduler lets running requests finish, then lets it go.
+        loaded, self._loaded = self._loaded, Future()
+        self._loaded.set_exception(RuntimeError("the engine is closed"))
+        loaded.add_done_callback(_release)  # runs now, or in the loading thread once a load under way ends
+
     async def _runtime(self) -> CausalLM | Encoder:
         try:
-            return await asyncio.wrap_future(self._loaded)
+            rt = await asyncio.wrap_future(self._loaded)
         except Exception as exc:
+            if self._closed:
+                raise self._gone()
             raise ServiceUnavailable(
                 f"endpoint {self.config.id} could not load its model: {exc}", code="engine_load_failed"
             )
+        if self._closed:  # closed while this request waited for the load
+            raise self._gone()
+        return rt
+
+    def _gone(self) -> ServiceUnavailable:
+        return ServiceUnavailable(f"endpoint {self.config.id} was removed or changed", code="engine_closed")
 
     # --- generation ---
     async def _start(self, route: str, body: dict[str, Any]) -> tuple[Job, int, bool]:
@@ -239,6 +265,18 @@ class LocalEngine:
         return {"object": "list", "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
+def _release(loaded: Future[CausalLM | Encoder]) -> None:
+    """Let a closed engine's model go: the scheduler stops once its running sequences end, the encoder's thread
+    once its queued work is done."""
+    if loaded.exception() is not None:
+        return
+    rt = loaded.result()
+    if isinstance(rt, CausalLM):
+        rt.scheduler.close()
+    else:
+        rt.worker.shutdown(wait=False)
+
+
 def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
     """Mean pooling over real tokens, then L2 normalisation (sentence-transformers' recipe for MiniLM)."""
     with torch.inference_mode():
@@ -249,10 +287,6 @@ def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
         return vectors, int(enc["attention_mask"].sum())
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 _warned_templates: set[str] = set()
@@ -287,7 +321,7 @@ def _text(content: Any) -> str:
     return content or ""
 
 
-class LocalStream:
+class LocalStream(ChunkStream):
     """OpenAI-shaped chunks from a job's events, as they happen; closing it cancels the job."""
 
     def __init__(self, job: Job, prompt_tokens: int, chat: bool) -> None:
@@ -328,16 +362,4 @@ class LocalStream:
         self.job.cancelled = True
 
 
-_ENGINES: dict[tuple[Any, ...], LocalEngine] = {}
-
-
-def local_engine(config: EndpointConfig, client: aiohttp.ClientSession) -> LocalEngine:
-    """One engine per endpoint for the process's life: catalogue reloads must not load the model again."""
-    key = (config.id, config.path, tuple(sorted(config.options.items())))
-    engine = _ENGINES.get(key)
-    if engine is None:
-        engine = _ENGINES[key] = LocalEngine(config, client)
-    return engine
-
-
-__all__ = ["ERROR", "LocalEngine", "local_engine"]
+__all__ = ["ERROR", "LocalEngine"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mxn.engines.local.sampling import SamplingParams, apply_penalties, sample_row
 from mxn.engines.local.text import Detokenizer, StopMatcher
-from mxn.errors import RateLimited
+from mxn.errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("mxn.local")
 
@@ -80,12 +80,15 @@ class Scheduler:
         self._lock = threading.Lock()
         self.steps = 0
         self._out: list[tuple[Job, tuple[str, int, Any]]] = []
+        self._closing = False  # set by close(): no new jobs; the thread ends once the running ones have
         self._thread = threading.Thread(target=self._run, name="mxn-local-engine", daemon=True)
         self._thread.start()
 
     # --- the event loop's side ---
     def submit(self, job: Job) -> None:
         with self._lock:
+            if self._closing:
+                raise ServiceUnavailable("the local engine is shutting down", code="engine_closed")
             if self.queued + len(job.seqs) > self.max_waiting:
                 raise RateLimited(
                     "the local engine's queue is full; retry shortly",
@@ -100,6 +103,11 @@ class Scheduler:
             self.queued -= count
 
     def close(self) -> None:
+        """Take no more jobs; the model thread finishes those it has, then ends and lets the model go."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
         self.inbox.put(None)
 
     @property
@@ -109,8 +117,10 @@ class Scheduler:
     # --- the model thread's side ---
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        stopping = False
         while True:
-            if not self._take(block=not (self.running or self.waiting)):
+            stopping = self._take(block=not (self.running or self.waiting or stopping)) or stopping
+            if stopping and not (self.running or self.waiting):
                 break
             try:
                 self._drop_cancelled()
@@ -123,15 +133,17 @@ class Scheduler:
                 log.exception("local engine step failed")
                 self._fail_all(f"local engine error: {type(exc).__name__}")
             self._deliver()
+        self.model = self.cache = self.mask = None  # the thread was the last to use them
 
     def _take(self, block: bool) -> bool:
+        """Move submitted jobs to the waiting line; True once close() has been called."""
         while True:
             try:
                 job = self.inbox.get(block=block)
             except queue.Empty:
-                return True
-            if job is None:
                 return False
+            if job is None:
+                return True
             self.waiting.extend(job.seqs)
             block = False
 
@@ -173,7 +185,7 @@ class Scheduler:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        self._merge(out.past_key_values, mask)
+        self._merge(out.cache, mask)
         self.running.extend(group)
         self.prefilling = []
         self._advance(group, out.logits[:, -1, :])
@@ -187,10 +199,10 @@ class Scheduler:
             input_ids=last,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,  # transformers' cache API (`past_key_values` goes in 5.40)
             use_cache=True,
         )
-        self.cache = out.past_key_values
+        self.cache = out.cache
         self._advance(self.running, out.logits[:, -1, :])
 
     def _advance(self, seqs: list[Seq], logits: torch.Tensor) -> None:

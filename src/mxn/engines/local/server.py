@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -16,12 +15,10 @@ from starlette.routing import Route
 
 from mxn import __version__
 from mxn.config import get_settings
-from mxn.engines import EndpointConfig
+from mxn.engines.base import ChunkStream, EndpointConfig
 from mxn.engines.local.engine import LocalEngine
 from mxn.errors import MxnError, ServiceUnavailable
-from mxn.gateway.body import read_json
-from mxn.gateway.normalize import finish_reason, new_id
-from mxn.gateway.responses import error_response, json_response
+from mxn.wire import DONE, completion_id, envelope, error_response, finish_reason, json_response, read_json, sse
 
 
 class EngineServer:
@@ -30,8 +27,7 @@ class EngineServer:
         settings = get_settings()  # the gateway's body limits (MXN_MAX_BODY_BYTES, MXN_MAX_JSON_DEPTH) hold here too
         self.max_body_bytes, self.max_json_depth = settings.max_body_bytes, settings.max_json_depth
         self.created = int(time.time())
-        # The engine makes no HTTP calls of its own: it needs no client session.
-        self.engine = LocalEngine(EndpointConfig(id=0, engine="local", path=path, options=options), None)  # type: ignore[arg-type]
+        self.engine = LocalEngine(EndpointConfig(id=0, engine="local", path=path, options=options))
 
     def app(self) -> Starlette:
         routes = [
@@ -77,37 +73,32 @@ class _Envelope:
 
     def __init__(self, chat: bool, model: str) -> None:
         self.chat, self.model = chat, model
-        self.id, self.created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        self.id, self.created = completion_id(chat), int(time.time())
 
-    def _wrap(self, data: dict[str, Any], obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, **data}
+    def _wrap(self, data: dict[str, Any], chunk: bool) -> dict[str, Any]:
+        return {**envelope(self.id, self.chat, self.model, self.created, chunk), **data}
 
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         for choice in data["choices"]:
             choice.setdefault("logprobs", None)
-        return self._wrap(data, "chat.completion" if self.chat else "text_completion")
+        return self._wrap(data, chunk=False)
 
-    async def events(self, stream: Any, include_usage: bool) -> AsyncIterator[bytes]:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
+    async def events(self, stream: ChunkStream, include_usage: bool) -> AsyncIterator[bytes]:
         try:
             async for chunk in stream:
                 if not chunk["choices"]:
                     if include_usage:
-                        yield _sse(self._wrap(chunk, obj))
+                        yield sse(self._wrap(chunk, chunk=True))
                     continue
                 for choice in chunk["choices"]:
                     choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
                     choice.setdefault("logprobs", None)
-                yield _sse(self._wrap(chunk, obj))
+                yield sse(self._wrap(chunk, chunk=True))
         except MxnError as exc:  # the status line is gone: the error travels as an event
-            yield _sse(exc.body())
+            yield sse(exc.body())
         finally:
             await stream.aclose()
-        yield b"data: [DONE]\n\n"
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+        yield DONE
 
 
 async def _on_error(_request: Request, exc: Exception) -> Response:
