@@ -23,6 +23,7 @@ import pytest
 from mxn.deploy.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.stores",)  # fixtures of stores a test starts and stops itself
 
 # A run started as a background job of a non-interactive shell (`make test &`, some CI runners) inherits SIGINT
 # ignored, and so would every process a test starts: the tests of Ctrl-C in `mxn chat` and `mxn batch` could not

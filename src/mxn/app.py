@@ -11,6 +11,7 @@ import aiohttp
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from mxn import __version__, console
@@ -28,6 +29,7 @@ from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import make_throttle
 from mxn.limits.memory import MemoryLimiter
+from mxn.limits.resilient import ResilientLimiter
 from mxn.routing import Router
 from mxn.store.db import create_engine, sessionmaker
 from mxn.usage import UsageWriter, journal_dir
@@ -35,8 +37,6 @@ from mxn.usage import UsageWriter, journal_dir
 
 def make_limiter(settings: Settings) -> Limiter:
     if settings.redis_url:
-        from mxn.limits.resilient import ResilientLimiter
-
         limiter = ResilientLimiter(settings.redis_url, settings.limits_when_redis_down)
         limiter.start()  # registered now: an idle replica still counts in the others' shares
         return limiter
@@ -74,10 +74,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         UsageWriter(sessions, journal_dir(settings), fsync=settings.usage_fsync),
         Router(failures_to_open=settings.breaker_failures, cooldown=settings.breaker_cooldown),
     )
+    if isinstance(state.limiter, ResilientLimiter):
+        state.dependencies.append(state.limiter.health)
     state.alerts = Alerts(settings, sessions, state.http)
-    state.keys = KeyCache(sessions, settings.auth_refresh)
+    state.keys = KeyCache(sessions, settings.auth_refresh, state.store_health)
     state.keys.start()
-    state.holds = Holds(sessions, settings.quota_hold)
+    state.holds = Holds(sessions, settings.quota_hold, state.store_health)
     state.holds.start()
     state.router.on_down = state.alerts.endpoint_down
     await state.reload_catalog()
@@ -109,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(MxnError, responses.on_mxn_error)
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)
+    for store_error in (DBAPIError, ConnectionError):  # an unreachable store: 503, logged once (deps.py)
+        app.add_exception_handler(store_error, responses.on_store_error)
     app.add_exception_handler(Exception, responses.on_unexpected)
     # Added first, so innermost of the middlewares: the security headers and CORS still wrap it.
     app.add_middleware(FastRoutes)

@@ -5,30 +5,33 @@ seconds. Changes made through this process drop the cache when they commit; chan
 replica, the CLI) are noticed by polling one small row every `refresh` seconds. An entry loaded while the
 generation moved on is not kept, so a revoked key is never cached as valid. Whether a key is enabled, expired or
 allowed from an address is checked on every request from the cached record; only unknown keys always go to the
-store (and count as failures for the per-address throttle).
+store (and count as failures for the per-address throttle). While the store is away, a key seen before goes on
+being answered from its cached record, however old.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.accounts.service import TOUCH_EVERY, KeyRecord, load_key, touch_key
+from mxn.deps import Dependency
 from mxn.store import generation
 
-log = logging.getLogger("mxn.accounts")
 MAX_AGE = 60.0
 MAX_ENTRIES = 100_000
 
 
 class KeyCache:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], refresh: float) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], refresh: float, health: Dependency | None = None
+    ) -> None:
         self.sessions = sessions
+        self.health = health or Dependency("store")  # how polling the store goes, logged as deps.py does
         self.refresh = refresh
         self.entries: dict[str, tuple[float, KeyRecord]] = {}
         self.version = 0  # moves on with every clear: a load that spans one is not kept
@@ -44,11 +47,16 @@ class KeyCache:
     async def record(self, key_hash: str) -> KeyRecord | None:
         now = time.monotonic()
         hit = self.entries.get(key_hash)
-        if hit is not None and now - hit[0] < MAX_AGE:
+        if hit is not None and (now - hit[0] < MAX_AGE or not self.health.up):
             return hit[1]
         version = self.version
-        async with self.sessions() as s:
-            record = await load_key(s, key_hash)
+        try:
+            async with self.sessions() as s:
+                record = await load_key(s, key_hash)
+        except Exception:
+            if hit is not None:  # the store is away: the key as last seen goes on serving until it is back
+                return hit[1]
+            raise
         if record is not None and version == self.version:
             if len(self.entries) >= MAX_ENTRIES:
                 self.entries.clear()
@@ -71,7 +79,7 @@ class KeyCache:
             async with self.sessions() as s:
                 await touch_key(s, key_id, now)
         except Exception as exc:  # a missed last_used_at is not worth failing anything for
-            log.warning("noting a key's last use failed: %s", type(exc).__name__)
+            self.health.failed(exc)
 
     def start(self) -> None:
         generation.changes_of(self.sessions).listeners.append(self.clear)
@@ -85,9 +93,12 @@ class KeyCache:
                 if token != self.seen:
                     self.seen = token
                     self.clear()
-            except Exception as exc:  # the store is away: drop what may be stale, and try again
-                log.warning("reading the account generation failed: %s", type(exc).__name__)
-                self.clear()
+            except Exception as exc:
+                # The store is away: the cached keys go on serving (nobody can change an account meanwhile, but
+                # through a replica that still reaches the store: that change arrives when this one does too).
+                self.health.failed(exc)
+            else:
+                self.health.ok()
             await asyncio.sleep(self.refresh)
 
     async def close(self) -> None:

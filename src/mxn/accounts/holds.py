@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -30,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.accounts import quota
 from mxn.accounts.quota import Reservation
+from mxn.deps import Dependency
 from mxn.store.models import ApiKey, User
 
-log = logging.getLogger("mxn.quota")
 IDLE = 1.0  # seconds without use before a hold goes back
 MAX_AGE = 5.0  # and at the latest this long after it was taken
 LARGE = 256  # a balance is held only when it is at least this many reservations
@@ -57,6 +56,7 @@ class Hold:
 class Holds:
     sessions: async_sessionmaker[AsyncSession]
     multiple: int  # a hold is at most this many reservations; 0: no holds
+    health: Dependency = field(default_factory=lambda: Dependency("store"))  # how giving back goes, logged once
     held: dict[tuple[str, int], Hold] = field(default_factory=dict)
     locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
@@ -184,7 +184,10 @@ class Holds:
             try:
                 await self.give_back(stale)
             except Exception as exc:  # the store is away: the holds stay until it is back
-                log.warning("giving back held quota failed: %s", type(exc).__name__)
+                self.health.failed(exc)
+            else:
+                if stale:
+                    self.health.ok()
 
     async def close(self) -> None:
         if self.task:

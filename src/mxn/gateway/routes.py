@@ -140,17 +140,20 @@ async def healthz() -> Response:
 @router.get("/readyz", tags=["health"], openapi_extra=PUBLIC)
 async def readyz(request: Request) -> Response:
     state = _state(request)
-    try:
-        async with state.sessions() as s:
-            await s.connection()
-    except Exception:
-        raise ServiceUnavailable("the store is not reachable", code="not_ready")
+    await state.check_store()
+    down = [d for d in (state.store_health, *state.dependencies) if not d.up]
+    if down:
+        said = "; ".join(f"{d.name} is not reachable ({d.error})" for d in down)
+        raise ServiceUnavailable(f"not ready: {said}", code="not_ready")
     cells = state.catalog.cells.values()
     loading = [c.name for c in cells for e in c.endpoints if not e.engine.ready]
     if loading:
         raise ServiceUnavailable(f"loading models: {', '.join(sorted(set(loading)))}", code="not_ready")
     running = sum(state.router.cell_state(c) == "running" for c in cells)
-    return json_response({"status": "ready", "deployments": len(cells), "running": running})
+    dependencies = {d.name: d.snapshot() for d in (state.store_health, *state.dependencies)}
+    return json_response(
+        {"status": "ready", "deployments": len(cells), "running": running, "dependencies": dependencies}
+    )
 
 
 @router.get("/metrics", tags=["health"], openapi_extra=PUBLIC)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mxn.accounts.cache import KeyCache
@@ -17,6 +18,7 @@ from mxn.alerts import Alerts
 from mxn.catalog.registry import Catalog, load_catalog_snapshot
 from mxn.config import Settings
 from mxn.deploy.controller import Controller
+from mxn.deps import Dependency
 from mxn.engines.pool import EnginePool
 from mxn.gateway.body import UnknownFields
 from mxn.limits import Limiter
@@ -26,6 +28,8 @@ from mxn.routing import Router
 from mxn.usage import UsageWriter
 
 log = logging.getLogger("mxn")
+STORE_DOWN = "requests it must answer get 503 store_unavailable; cached keys and held balances go on"
+STORE_PROBE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -44,6 +48,9 @@ class AppState:
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(0, 0.0, MemoryCounter()))
     unknown_fields: UnknownFields = field(default_factory=UnknownFields)  # request fields logged once each
     rules: RuleCache = field(default_factory=RuleCache)  # compiled moderation rules, kept across reloads
+    store_health: Dependency = field(default_factory=lambda: Dependency("store", STORE_DOWN))
+    # What /readyz reports on: the store, and Redis when it is configured.
+    dependencies: list[Dependency] = field(default_factory=list)
     engines: EnginePool = field(init=False)  # one engine per endpoint, kept across catalogue reloads
     alerts: Alerts = field(init=False)
     keys: KeyCache = field(init=False)
@@ -51,6 +58,7 @@ class AppState:
     deployments: Controller = field(init=False)
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
+    _prober: asyncio.Task[None] | None = None
     # One reload at a time: two at once could leave the older snapshot in place, and the pool rebuilding engines
     # back and forth between them.
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -76,6 +84,25 @@ class AppState:
 
     def start_health_checks(self) -> None:
         self._checker = asyncio.create_task(self._check_loop())
+        self._prober = asyncio.create_task(self._probe_store())
+
+    async def check_store(self) -> bool:
+        """One round trip to the store; its health follows the answer."""
+        try:
+            async with asyncio.timeout(STORE_PROBE_TIMEOUT), self.sessions() as s:
+                await s.execute(text("SELECT 1"))
+        except Exception as exc:
+            self.store_health.failed(exc)
+            return False
+        self.store_health.ok()
+        return True
+
+    async def _probe_store(self) -> None:
+        """While requests find the store away, ask it every second, so that it is seen back within one."""
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.store_health.up:
+                await self.check_store()
 
     async def _check_loop(self) -> None:
         while True:
@@ -86,7 +113,7 @@ class AppState:
             await asyncio.sleep(self.settings.health_interval)
 
     async def close(self) -> None:
-        for task in (self._refresher, self._checker):
+        for task in (self._refresher, self._checker, self._prober):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

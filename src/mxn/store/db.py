@@ -8,6 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mxn.store.generation import AccountChanges
 
+CONNECT_TIMEOUT = 5.0
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -27,7 +29,16 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # A store that does not answer fails a connection attempt within CONNECT_TIMEOUT seconds (asyncpg's own
+    # default is 60): requests that need it get their 503 soon, and the rest go on.
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        pool_timeout=CONNECT_TIMEOUT,
+        connect_args={"timeout": CONNECT_TIMEOUT},
+    )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
