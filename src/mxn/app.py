@@ -91,7 +91,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.throttle.start()
     placement = make_placement(settings.ray_address, Path(settings.data_dir) / "logs", settings.deploy_start_timeout)
     lease = Lease(db, settings.database_url, settings.data_dir)
-    state.deployments = Controller(sessions, placement, lease, settings.deploy_interval, state.reload_catalog)
+    state.deployments = Controller(
+        sessions, placement, lease, settings.deploy_interval, state.reload_catalog, state.store_health
+    )
     state.deployments.start()
     app.state.mxn = state
     try:

@@ -65,7 +65,7 @@ class Dependency:
     def ok(self) -> None:
         if self.up:
             return
-        log.info(
+        log.warning(  # as loud as the failure it ends: with the default log level, an operator sees both
             "%s recovered after %.1fs down, %d failed calls", self.name, self.clock() - self._down_at, self.failures
         )
         self.up, self.since, self.failures = True, time.time(), 0

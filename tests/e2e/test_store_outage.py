@@ -33,8 +33,12 @@ def test_postgres_down_for_10s_cached_keys_with_held_balances_go_on_and_nothing_
     serve = start_serve(tmp_path / "serve.log", private_pg.url, "--catalog", str(tmp_path / "catalog.yaml"), env=env)
     try:
         with httpx.Client(base_url=serve.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as admin:
+            # Limits far above this load: what refuses here is the store's absence, not a limit.
+            big = {"name": "big", "rpm": 10**6, "rpd": 10**9, "tpm": 10**9, "concurrency": 1000}
+            assert admin.post("/admin/groups", json=big).status_code == 201
             for name in ("warm", "cold"):
-                assert admin.post("/admin/users", json={"name": name, "quota": 10**9}).status_code == 201
+                user = {"name": name, "quota": 10**9, "group": "big"}
+                assert admin.post("/admin/users", json=user).status_code == 201
             warm = admin.post("/admin/keys", json={"user": "warm"}).json()["key"]
             cold = admin.post("/admin/keys", json={"user": "cold"}).json()["key"]
         with httpx.Client(base_url=serve.url, timeout=30) as c:

@@ -274,7 +274,8 @@ async def test_shared_limits_resume_soon_after_redis_is_back(
         assert "in-memory" not in a.elsewhere
 
     lines = [r for r in caplog.records if r.name == "mxn.deps"]
-    assert [r.getMessage().split(":")[0] for r in lines if r.levelno == logging.WARNING] == ["redis unavailable"] * 2
+    down = [r.getMessage().split(":")[0] for r in lines if "recovered" not in r.getMessage()]
+    assert down == ["redis unavailable"] * 2 and all(r.levelno == logging.WARNING for r in lines)
     assert len([r for r in lines if "recovered" in r.getMessage()]) == 2
     assert not any(r.exc_info for r in lines)
 
@@ -316,7 +317,7 @@ def test_a_dependency_logs_when_it_fails_now_and_then_while_down_and_when_it_is_
             logging.WARNING,
             "redis unavailable: ConnectionRefusedError: [Errno 111] Connection refused; rate limits: local",
         ),
-        (logging.INFO, "redis recovered after 5.0s down, 50 failed calls"),
+        (logging.WARNING, "redis recovered after 5.0s down, 50 failed calls"),
     ]
     assert not any(r.exc_info or "Traceback" in r.getMessage() for r in caplog.records)
 
@@ -334,7 +335,5 @@ def test_a_long_outage_gets_one_summary_line_per_ten_seconds(caplog: pytest.LogC
         "postgres unavailable: TimeoutError",
         "postgres still unavailable after 10s: 80 failed calls since the last report; last: TimeoutError",
         "postgres still unavailable after 20s: 80 failed calls since the last report; last: TimeoutError",
-    ]
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
-        "postgres recovered after 25.0s down, 200 failed calls"
+        "postgres recovered after 25.0s down, 200 failed calls",
     ]

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mxn.deploy import recipes
 from mxn.deploy.leader import Lease
 from mxn.deploy.process import ReplicaSpec, ReplicaView
+from mxn.deps import Dependency
+from mxn.store.db import unreachable
 from mxn.store.models import Deployment, Endpoint, ManagedDeployment, Model
 
 log = logging.getLogger("mxn.deploy")
@@ -51,8 +53,10 @@ class Controller:
         lease: Lease,
         interval: float,
         on_change: Callable[[], Awaitable[None]],
+        store_health: Dependency | None = None,
     ) -> None:
         self.sessions = sessions
+        self.store_health = store_health or Dependency("store")  # an unreachable store is logged there, once
         self.placement = placement
         self.lease = lease
         self.interval = interval
@@ -76,7 +80,10 @@ class Controller:
                 if await self.lease.acquire() and await self.reconcile():
                     await self.on_change()
             except Exception as exc:  # the next tick tries again
-                log.warning("deployment controller: %s: %s", type(exc).__name__, exc)
+                if unreachable(exc):
+                    self.store_health.failed(exc)
+                else:
+                    log.warning("deployment controller: %s: %s", type(exc).__name__, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import asyncpg
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from mxn import metrics
 from mxn.errors import InvalidRequest, MxnError, NotFound, ServiceUnavailable
+from mxn.store.db import unreachable
 from mxn.wire import error_response
 
 log = logging.getLogger("mxn")
-# asyncpg's own errors for a server that went away or is not accepting connections yet.
-_PG_GONE = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InterfaceError,
-)
 
 
 async def on_mxn_error(_request: Request, exc: Exception) -> Response:
@@ -63,18 +55,6 @@ def _unstorable(exc: Exception) -> bool:
     )
 
 
-def store_unreachable(exc: BaseException) -> bool:
-    """The store did not answer (refused, reset, shut down, timed out): not the request's fault, nor a bug."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-            return True
-        cause = getattr(exc.orig, "__cause__", None) or exc.orig
-        if not isinstance(cause, BaseException):
-            return False
-        exc = cause
-    return isinstance(exc, ConnectionError | socket.gaierror | SATimeoutError | _PG_GONE)
-
-
 def store_unavailable(request: Request, exc: BaseException) -> Response:
     """503 `store_unavailable` with Retry-After; the outage is logged by `deps.Dependency`, not per request."""
     state = getattr(request.app.state, "mxn", None)
@@ -90,13 +70,13 @@ def store_unavailable(request: Request, exc: BaseException) -> Response:
 
 async def on_store_error(request: Request, exc: Exception) -> Response:
     """Errors of the store's driver: an unreachable store is a 503, a value it cannot hold a 400, the rest a 500."""
-    if store_unreachable(exc):
+    if unreachable(exc):
         return store_unavailable(request, exc)
     return await on_unexpected(request, exc)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
-    if store_unreachable(exc):
+    if unreachable(exc):
         return store_unavailable(request, exc)
     if _unstorable(exc):
         message = "a value in the request is out of range or cannot be stored (too large a number, or a NUL character)"

@@ -25,6 +25,7 @@ from mxn.limits import Limiter
 from mxn.limits.auth_failures import AuthThrottle, MemoryCounter
 from mxn.moderation.rules import RuleCache
 from mxn.routing import Router
+from mxn.store.db import unreachable
 from mxn.usage import UsageWriter
 
 log = logging.getLogger("mxn")
@@ -80,7 +81,10 @@ class AppState:
             try:
                 await self.reload_catalog()
             except Exception as exc:  # the old snapshot keeps serving
-                log.warning("catalogue refresh failed: %s", type(exc).__name__)
+                if unreachable(exc):
+                    self.store_health.failed(exc)
+                else:
+                    log.warning("catalogue refresh failed: %s", type(exc).__name__)
 
     def start_health_checks(self) -> None:
         self._checker = asyncio.create_task(self._check_loop())

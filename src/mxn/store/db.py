@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import socket
+
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from mxn.store.generation import AccountChanges
 
 CONNECT_TIMEOUT = 5.0
+# asyncpg's own errors for a server that went away or is not accepting connections yet.
+_PG_GONE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InterfaceError,
+)
 
 
 def is_sqlite(url: str) -> bool:
@@ -46,3 +58,15 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     belong to this factory, so `generation.changes_of(factory)` subscribes to them."""
     changes = AccountChanges()
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=changes.session_class)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The store did not answer (refused, reset, shut down, timed out): not the request's fault, nor a bug."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        cause = getattr(exc.orig, "__cause__", None) or exc.orig
+        if not isinstance(cause, BaseException):
+            return False
+        exc = cause
+    return isinstance(exc, (ConnectionError, socket.gaierror, SATimeoutError, *_PG_GONE))
