@@ -1,6 +1,6 @@
 """What mxn adds over calling each real engine directly, and `mxn bench` against vLLM's own benchmark, in one run.
 
-    .venv/bin/python bench/engines.py [--quick] [--model DIR] [--engines vllm,llamacpp,mxn] [--vllm-prompts mxn]
+    .venv/bin/python bench/engines.py [--quick] [--model DIR] [--engines vllm,llamacpp,mxn] [--vllm-prompts random]
 
 Builds the demo model (or takes --model), starts `mxn serve` on SQLite in a temporary directory and deploys vLLM
 (CPU build), llama.cpp's server and mxn's embedded engine as managed deployments of one cell, `mxn-demo@cpu`, each
@@ -10,8 +10,8 @@ fixed-seed prompts, the same output length, greedy, `ignore_eos`), in rounds tha
 - `mxn bench` through mxn, the engine pinned by an admin key (`sk-...-<endpoint id>`);
 - `mxn bench --plain` straight at the engine's own OpenAI base URL;
 - for vLLM (and, as a control, for mxn's engine), also vLLM's `bench serve` straight at it: same concurrency,
-  prompt count and output length, its `random` prompts as many tokens long as mxn's are in the model's tokenizer
-  (`--vllm-prompts mxn`: mxn bench's own prompts, as vLLM's `custom` dataset, so both tools send the same requests).
+  prompt count and output length, and mxn bench's own prompts, as vLLM's `custom` dataset, so that both tools
+  send the same requests (`--vllm-prompts random`: its `random` prompts, as many tokens long as mxn's).
 
 Before measuring, each engine sees every prompt of both tools once (2 output tokens), so that prefix caches treat
 all sides alike; before each load, the script waits (a little) for the shared machine to be idle. Each figure is
@@ -736,7 +736,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of about two minutes")
     parser.add_argument("--model", type=Path, help="a model directory (default: build the demo model)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="a subset of vllm,llamacpp,mxn")
-    parser.add_argument("--vllm-prompts", choices=["random", "mxn"], default="random", help="what vLLM bench sends")
+    parser.add_argument("--vllm-prompts", choices=["random", "mxn"], default="mxn", help="what vLLM bench sends")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     plan = dataclasses.replace(QUICK if args.quick else FULL, vllm_prompts=args.vllm_prompts)

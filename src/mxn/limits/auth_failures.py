@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import lru_cache
 from typing import Any, Protocol
 
 from mxn.errors import AuthError, MxnError, TooManyAuthFailures
@@ -147,7 +146,6 @@ def _drop_expired(entries: dict[str, Any], now: float, end: Callable[[Any], floa
         del entries[first]
 
 
-@lru_cache(maxsize=4096)
 def _v6_block(host: str) -> str:
     try:
         return str(ipaddress.IPv6Network((host, 64), strict=False))

@@ -37,6 +37,7 @@ class CausalLM:
     eos_ids: frozenset[int]
     defaults: dict[str, Any]
     has_template: bool
+    warned_template: bool = False  # the model has no chat template: said once, in the log
 
 
 @dataclass
@@ -289,9 +290,6 @@ def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
         return vectors, int(enc["attention_mask"].sum())
 
 
-_warned_templates: set[str] = set()
-
-
 def _prompts(rt: CausalLM, route: str, body: dict[str, Any]) -> list[list[int]]:
     tok = rt.tokenizer
     if route == "chat/completions":
@@ -300,8 +298,8 @@ def _prompts(rt: CausalLM, route: str, body: dict[str, Any]) -> list[list[int]]:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             # No template in the model directory: a plain transcript that any base model can continue.
-            if tok.name_or_path not in _warned_templates:
-                _warned_templates.add(tok.name_or_path)
+            if not rt.warned_template:
+                rt.warned_template = True
                 log.warning("model %s has no chat template; using a plain 'role: text' transcript", tok.name_or_path)
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return [tok(text, add_special_tokens=False)["input_ids"]]
