@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, responses.on_validation_error)
     app.add_exception_handler(HTTPException, responses.on_http_error)
     for store_error in (DBAPIError, ConnectionError):  # an unreachable store: 503, logged once (deps.py)
-        app.add_exception_handler(store_error, responses.on_store_error)
+        # Handled here rather than by Exception's handler, which the server would log a traceback for as well.
+        app.add_exception_handler(store_error, responses.on_unexpected)
     app.add_exception_handler(Exception, responses.on_unexpected)
     # Added first, so innermost of the middlewares: the security headers and CORS still wrap it.
     app.add_middleware(FastRoutes)

@@ -68,13 +68,6 @@ def store_unavailable(request: Request, exc: BaseException) -> Response:
     )
 
 
-async def on_store_error(request: Request, exc: Exception) -> Response:
-    """Errors of the store's driver: an unreachable store is a 503, a value it cannot hold a 400, the rest a 500."""
-    if unreachable(exc):
-        return store_unavailable(request, exc)
-    return await on_unexpected(request, exc)
-
-
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     if unreachable(exc):
         return store_unavailable(request, exc)
