@@ -79,13 +79,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.alerts = Alerts(settings, sessions, state.http)
     state.keys = KeyCache(sessions, settings.auth_refresh, state.store_health)
     state.keys.start()
-    state.holds = Holds(sessions, settings.quota_hold, state.store_health)
+    state.usage.start()  # first: the holds are named after its journals
+    state.holds = Holds(
+        sessions, settings.quota_hold, state.store_health, state.usage.replica, state.usage.directory_id
+    )
+    state.usage.after_sweep = state.holds.reclaim  # a dead replica's holds end once its journals are moved
     state.holds.start()
     state.router.on_down = state.alerts.endpoint_down
     await state.reload_catalog()
     state.alerts.start()
     state.start_refresh()
-    state.usage.start()
     state.start_health_checks()
     state.throttle = make_throttle(settings.auth_fail_limit, settings.auth_fail_window, settings.redis_url)
     state.throttle.start()

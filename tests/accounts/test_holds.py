@@ -8,13 +8,17 @@ import itertools
 import random
 
 import pytest
+from sqlalchemy import select
 
+from mxn.accounts import holds as holds_module
 from mxn.accounts.holds import LARGE, Holds
 from mxn.accounts.service import create_key, create_user
 from mxn.errors import RateLimited
 from mxn.store.db import create_engine, sessionmaker
 from mxn.store.migrate import upgrade
-from mxn.store.models import ApiKey, User
+from mxn.store.models import ApiKey, QuotaHold, User
+from mxn.usage import record
+from mxn.usage.writer import insert
 
 SECRET = b"s" * 32
 _names = itertools.count()
@@ -122,6 +126,83 @@ def test_small_balances_take_the_exact_path_and_refuse_exactly(store: str) -> No
             await holds.close()
             assert admitted == LARGE + 20
             assert (await _balances(sessions, user_id, key_id))[0] == 0
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+async def _spend_and_die(sessions, user_id: int, key_id: int, journal: str, n: int) -> tuple[Holds, int]:  # type: ignore[no-untyped-def]
+    """A replica that serves `n` requests from its holds, journals a record for all but the last (in flight when
+    it dies), and dies: nothing given back. Returns it and the recorded cost."""
+    dead = Holds(sessions, 64, journal=journal)
+    rows, recorded = [], 0
+    for i in range(n):
+        r = await dead.reserve(user_id, key_id, True, True, 500, 1)
+        assert r.held, "served from holds"
+        if i == n - 1:
+            break  # reserved, never settled nor recorded
+        cost = 100 + 7 * i + (600 if i == 3 else 0)  # one charge beyond its reservation
+        await dead.settle(r, cost)
+        rows.append(record(model="m", chip="cpu", route="chat", latency_ms=1.0, status=200, cost=cost,
+                           record_id=f"{dead.replica}-{i}", **r.paid_from()))  # fmt: skip
+        recorded += cost
+    await insert(sessions, rows)
+    return dead, recorded
+
+
+def test_a_dead_replicas_holds_come_back_to_the_unit_once_its_lease_ran_out(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> None:
+        engine = create_engine(store)
+        sessions = sessionmaker(engine)
+        try:
+            user_id, key_id = await _account(sessions, 10_000_000, 5_000_000)
+            monkeypatch.setattr(holds_module, "LEASE", 0.2)
+            dead, recorded = await _spend_and_die(sessions, user_id, key_id, "j1", 20)
+            async with sessions() as s:
+                assert len((await s.execute(select(QuotaHold).where(QuotaHold.replica == dead.replica))).all()) == 2
+            survivors = [Holds(sessions, 64, journal="j1"), Holds(sessions, 64, journal="j1")]
+            elsewhere = Holds(sessions, 64, journal="j2")  # another journal directory: it cannot know
+            assert await survivors[0].reclaim(lambda replica: False) == 0, "its journals are not all moved"
+            assert await elsewhere.reclaim(lambda replica: True) == 0
+            assert await survivors[0].reclaim(lambda replica: True) == 0, "its lease has not run out"
+            await asyncio.sleep(0.3)
+            # Two survivors at once: each hold ends once.
+            back = await asyncio.gather(*(s.reclaim(lambda replica: True) for s in survivors))
+            assert sum(back) > 0
+            assert await _balances(sessions, user_id, key_id) == (10_000_000 - recorded, 5_000_000 - recorded)
+            async with sessions() as s:
+                assert not (await s.execute(select(QuotaHold).where(QuotaHold.replica == dead.replica))).all()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_live_replica_renews_its_lease_and_gives_back_what_it_holds(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> None:
+        engine = create_engine(store)
+        sessions = sessionmaker(engine)
+        monkeypatch.setattr(holds_module, "LEASE", 0.6)
+        for name in ("IDLE", "MAX_AGE"):  # the sweep renews, and gives nothing back meanwhile
+            monkeypatch.setattr(holds_module, name, 10.0)
+        monkeypatch.setattr(holds_module, "TICK", 0.1)
+        live = Holds(sessions, 64, journal="j3")
+        try:
+            user_id, key_id = await _account(sessions, 10_000_000, None)
+            r = await live.reserve(user_id, key_id, True, False, 500, 1)
+            live.start()
+            await asyncio.sleep(1.5)  # past two leases: renewed meanwhile
+            assert await Holds(sessions, 64, journal="j3").reclaim(lambda replica: True) == 0
+            await live.settle(r, 123)
+            await live.close()
+            assert (await _balances(sessions, user_id, key_id))[0] == 10_000_000 - 123
+            async with sessions() as s:
+                assert not (await s.execute(select(QuotaHold).where(QuotaHold.replica == live.replica))).all()
         finally:
             await engine.dispose()
 

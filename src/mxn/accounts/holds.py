@@ -11,42 +11,58 @@ taking the store's balance below the 80% alert line, so alerts and refusals are 
 (`quota.reserve`), which is used for everything else. Setting a balance outright starts a new epoch
 (`quota_epoch`): units held from the old balance are not given back to the new one.
 
-What this trades: a replica that dies keeps what it held (at most 1/16 of the balance it saw, or `multiple`
-times one reservation); a request may be refused while another replica still holds part of a balance it is
-not using (for at most a second). `MXN_QUOTA_HOLD=0` turns holds off: every request then reserves and settles
-in the store.
+Holds are leased. Each is a row of `quota_holds`, written in the transaction that takes its chunk, naming the
+replica (as its usage journals do) and a lease the replica renews; every usage record names the holds it was paid
+from. A replica that ends a hold gives back what its memory says is unspent and deletes the row, in one
+transaction. A replica that dies leaves its rows: once its lease has run out and its journals are all in the store
+(a survivor sharing its journal directory, or itself started again, moved them: `usage.writer`), whoever deletes
+the row gives back the chunk minus the cost of the records paid from it. Exact to the unit; the DELETE decides
+who does it when two race. What a dead replica's requests in flight had reserved from a hold comes back too.
+
+What this trades: a request may be refused while another replica still holds part of a balance it is not using
+(for at most a second). `MXN_QUOTA_HOLD=0` turns holds off: every request then reserves and settles in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.accounts import quota
 from mxn.accounts.quota import Reservation
 from mxn.deps import Dependency
-from mxn.store.models import ApiKey, User
+from mxn.store.models import ApiKey, QuotaHold, Usage, User
 
 IDLE = 1.0  # seconds without use before a hold goes back
 MAX_AGE = 5.0  # and at the latest this long after it was taken
 LARGE = 256  # a balance is held only when it is at least this many reservations
 SHARE = 16  # and then at most this share of it
+TICK = 0.5  # seconds between the sweeps that give back and renew
+LEASE = 15.0  # seconds a hold's lease runs; renewed every third of that while the replica holds anything
 _ATTEMPTS = 4
 
+log = logging.getLogger("mxn.holds")
 Table = type[User] | type[ApiKey]
+TABLES: dict[str, Table] = {User.__tablename__: User, ApiKey.__tablename__: ApiKey}
 
 
 @dataclass(slots=True, eq=False)
 class Hold:
+    id: str  # its row in quota_holds, and what usage records paid from it name
     table: Table
     ident: int
     epoch: int
-    units: int
+    units: int  # unspent; below zero when charges beyond their reservations went past it
     taken_at: float
     used_at: float
     live: bool = True
@@ -57,9 +73,13 @@ class Holds:
     sessions: async_sessionmaker[AsyncSession]
     multiple: int  # a hold is at most this many reservations; 0: no holds
     health: Dependency = field(default_factory=lambda: Dependency("store"))  # how giving back goes, logged once
+    replica: str = field(default_factory=lambda: secrets.token_hex(8))  # as this replica's usage journals say
+    journal: str = ""  # the journal directory's id (`usage.journal.directory_id`)
     held: dict[tuple[str, int], Hold] = field(default_factory=dict)
     locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    renewed: float = 0.0
 
     async def reserve(
         self, user_id: int, key_id: int, user_limited: bool, key_limited: bool, want: int, minimum: int
@@ -119,15 +139,27 @@ class Holds:
                 )
                 if not taken.rowcount:  # type: ignore[attr-defined]
                     return False
+                if h is not None and h.live and h.epoch == epoch:  # the same hold, grown
+                    grown = update(QuotaHold).where(QuotaHold.id == h.id).values(taken=QuotaHold.taken + chunk)
+                    await s.execute(grown)
+                    await s.commit()
+                    h.units += chunk
+                    return True
+                now = time.monotonic()
+                new = Hold(f"{self.replica}-{next(self.serial)}", table, ident, epoch, chunk, now, now)
+                await s.execute(insert(QuotaHold).values(self._row(new)))
                 await s.commit()
-            now = time.monotonic()
-            if h is not None and h.live and h.epoch == epoch:
-                h.units += chunk
-                return True
             if h is not None:
                 await self._return(h)
-            self.held[key] = Hold(table, ident, epoch, chunk, now, now)
+            self.held[key] = new
             return True
+
+    def _row(self, h: Hold) -> dict[str, object]:
+        lease = datetime.now(UTC) + timedelta(seconds=LEASE)
+        return dict(
+            id=h.id, replica=self.replica, journal=self.journal, balance=h.table.__tablename__, ident=h.ident,
+            epoch=h.epoch, taken=h.units, lease_until=lease,
+        )  # fmt: skip
 
     async def settle(self, r: Reservation, cost: int) -> None:
         if not r.held:
@@ -137,11 +169,8 @@ class Holds:
         if not delta:
             return
         for h in r.held:
-            if h.live and h.units + delta >= 0:
+            if h.live:  # below zero, if need be: the store's balance pays that when the hold ends
                 h.units += delta
-            elif h.live:  # a charge beyond the reservation and the hold: the rest as far as the store goes
-                rest, h.units = h.units + delta, 0
-                await quota.adjust(self.sessions, h.table, h.ident, rest)
             else:  # the hold went back meanwhile: so does this
                 await quota.adjust(self.sessions, h.table, h.ident, delta)
 
@@ -155,20 +184,49 @@ class Holds:
     async def _return(self, h: Hold) -> None:
         h.live = False
         units, h.units = h.units, 0
-        if units <= 0:
-            return
         try:
             async with self.sessions() as s:
-                await s.execute(
-                    update(h.table)
-                    .where(h.table.id == h.ident, h.table.quota_epoch == h.epoch)
-                    .values(quota=h.table.quota + units)
-                )
+                ended = await s.execute(delete(QuotaHold).where(QuotaHold.id == h.id))
+                if units and ended.rowcount:  # type: ignore[attr-defined]  # else a survivor took it for dead
+                    await quota.adjust_in(s, h.table, h.ident, units, h.epoch)
                 await s.commit()
         except BaseException:
             h.units, h.live = h.units + units, True  # still held: the next sweep tries again
             self.held.setdefault((h.table.__tablename__, h.ident), h)
             raise
+
+    async def reclaim(self, gone: Callable[[str], bool]) -> int:
+        """End the holds of dead replicas: those of this journal directory whose lease ran out and whose replica
+        `gone` says has no journal left to move. Each gives back its chunk minus the cost of the usage records paid
+        from it. Returns how many units went back."""
+        async with self.sessions() as s:
+            expired = QuotaHold.lease_until < datetime.now(UTC)
+            query = select(QuotaHold.id, QuotaHold.replica).where(QuotaHold.journal == self.journal, expired)
+            rows = (await s.execute(query)).all()
+        back = 0
+        for hold_id, replica in rows:
+            if replica != self.replica and gone(replica):
+                back += await self._reclaim(hold_id)
+        return back
+
+    async def _reclaim(self, hold_id: str) -> int:
+        async with self.sessions() as s:
+            ended = delete(QuotaHold).where(QuotaHold.id == hold_id)
+            cols = (QuotaHold.balance, QuotaHold.ident, QuotaHold.epoch, QuotaHold.taken)
+            row = (await s.execute(ended.returning(*cols))).one_or_none()
+            if row is None:
+                return 0  # another survivor ended it
+            balance, ident, epoch, taken = row
+            table = TABLES[balance]
+            paid_from = Usage.user_hold if table is User else Usage.key_hold
+            spent = (await s.execute(select(func.coalesce(func.sum(Usage.cost), 0)).where(paid_from == hold_id))).one()
+            unspent = taken - int(spent[0])
+            if unspent:
+                await quota.adjust_in(s, table, ident, unspent, epoch)
+            await s.commit()
+        log.warning("hold %s of a replica that stopped: %d of %d units back to %s %d", hold_id, unspent, taken,
+                    balance, ident)  # fmt: skip
+        return unspent
 
     def start(self) -> None:
         if self.multiple:
@@ -176,18 +234,27 @@ class Holds:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(IDLE / 2)
+            await asyncio.sleep(TICK)
             now = time.monotonic()
             stale = [
                 (h.table, h.ident) for h in self.held.values() if now - h.used_at >= IDLE or now - h.taken_at >= MAX_AGE
             ]
             try:
                 await self.give_back(stale)
+                if self.held and now - self.renewed >= LEASE / 3:
+                    await self._renew()
+                    self.renewed = now
             except Exception as exc:  # the store is away: the holds stay until it is back
                 self.health.failed(exc)
             else:
                 if stale:
                     self.health.ok()
+
+    async def _renew(self) -> None:
+        async with self.sessions() as s:
+            lease = datetime.now(UTC) + timedelta(seconds=LEASE)
+            await s.execute(update(QuotaHold).where(QuotaHold.replica == self.replica).values(lease_until=lease))
+            await s.commit()
 
     async def close(self) -> None:
         if self.task:

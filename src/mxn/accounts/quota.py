@@ -61,6 +61,10 @@ class Reservation:
     def empty(self) -> bool:
         return self.user_id is None and self.key_id is None
 
+    def paid_from(self) -> dict[str, str]:
+        """The holds it was paid from, as a usage record names them."""
+        return {"user_hold" if h.table is User else "key_hold": h.id for h in self.held}
+
     def may_cross(self, cost: int) -> bool:
         """Whether this charge may take a balance past 80% or 100% spent (then the store decides, once)."""
         for seen in self.seen:
@@ -145,3 +149,10 @@ async def adjust(
 async def _adjust(s: AsyncSession, table: type[User] | type[ApiKey], ident: int, delta: int) -> None:
     new = table.quota + delta
     await s.execute(update(table).where(table.id == ident).values(quota=case((new < 0, 0), else_=new)))
+
+
+async def adjust_in(s: AsyncSession, table: type[User] | type[ApiKey], ident: int, delta: int, epoch: int) -> None:
+    """As `adjust`, in `s`'s transaction, if the balance is still the one of `epoch` (not set anew since)."""
+    new = table.quota + delta
+    where = (table.id == ident, table.quota_epoch == epoch)
+    await s.execute(update(table).where(*where).values(quota=case((new < 0, 0), else_=new)))

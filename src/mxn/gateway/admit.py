@@ -102,12 +102,14 @@ class Admission:
                 status=status,
                 error=error,
                 cost=cost,
+                request_id=self.request_id,
+                **self.reservation.paid_from(),
             )
         )
 
 
 async def _refused(
-    state: AppState, principal: Principal, cell: Cell, route: str, error: str, scope: str, limit: str
+    state: AppState, principal: Principal, cell: Cell, route: str, request_id: str, error: str, scope: str, limit: str
 ) -> None:
     """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
     metrics.LIMITED.labels(scope, limit).inc()
@@ -127,6 +129,7 @@ async def _refused(
             status=429,
             error=error,
             cost=0,
+            request_id=request_id,
         )
     )
 
@@ -135,13 +138,13 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
     rules = rules_for(principal, cell)
     request_id = normalize.request_id()
     decision = await state.limiter.acquire(rules, request_id, prepared.prompt_tokens)
-    limit_headers = headers(decision)
+    limit_headers = {"x-request-id": request_id, **headers(decision)}
     if not decision.allowed:
         denied = decision.denied_by
         what = f"{denied.key.rsplit(':', 1)[-1]} limit of {denied.limit}" if denied else "rate limit"
         scope = denied.key.split(":", 1)[0] if denied else "unknown"  # key, user or cell
         limit = denied.key.rsplit(":", 1)[-1] if denied else "unknown"  # rpm, rpd, tpm, concurrency
-        await _refused(state, principal, cell, route, "rate_limit_exceeded", scope, limit)
+        await _refused(state, principal, cell, route, request_id, "rate_limit_exceeded", scope, limit)
         raise RateLimited(
             f"Rate limit reached: {what}. Retry after {limit_headers['retry-after']}s.", headers=limit_headers
         )
@@ -161,7 +164,7 @@ async def admit(state: AppState, principal: Principal, cell: Cell, prepared: Pre
         )
     except RateLimited as exc:
         await state.limiter.release([r for r in rules if r.kind == CONCURRENT], request_id)
-        await _refused(state, principal, cell, route, exc.code or "insufficient_quota", "quota", "balance")
+        await _refused(state, principal, cell, route, request_id, exc.code or "insufficient_quota", "quota", "balance")
         minimum = price.cost(prepared.prompt_tokens, 1)
         state.alerts.soon(state.alerts.quota_spent(principal.user_id, principal.key_id or None, below=minimum))
         exc.headers = {**limit_headers, **exc.headers}

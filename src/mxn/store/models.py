@@ -136,6 +136,25 @@ class Usage(Base):
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
     # Given when the record is journaled: moving a batch again (after a crash) never counts it twice.
     record_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    # The id the client saw (`x-request-id`), and the replica's holds the request was paid from (QuotaHold.id).
+    request_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    user_hold: Mapped[str | None] = mapped_column(String(48), index=True)
+    key_hold: Mapped[str | None] = mapped_column(String(48), index=True)
+
+
+class QuotaHold(Base):
+    """A chunk of a balance that a replica took to serve requests from memory (`accounts.holds`), leased: while
+    the row is here the chunk is out of the balance; whoever ends the hold gives back what was not spent."""
+
+    __tablename__ = "quota_holds"
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(32), index=True)  # the replica, as its usage journals name it
+    journal: Mapped[str] = mapped_column(String(32))  # the journal directory it writes (`usage.journal.directory_id`)
+    balance: Mapped[str] = mapped_column(String(16))  # "users" or "api_keys"
+    ident: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    taken: Mapped[int] = mapped_column(BigInteger)  # units taken from the balance in all
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Session(Base):

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,8 +97,28 @@ def read(fd: int, offset: int, limit: int) -> Batch:
     return Batch(rows, offset, skipped, eof=False)
 
 
-def journals(directory: Path) -> list[Path]:
-    return sorted(directory.glob(f"*{SUFFIX}"))
+def journals(directory: Path, replica: str = "") -> list[Path]:
+    """The journals in `directory`, or only those `replica` wrote."""
+    return sorted(directory.glob(f"{replica}-*{SUFFIX}" if replica else f"*{SUFFIX}"))
+
+
+def directory_id(directory: Path) -> str:
+    """The journal directory's own id, made by whoever used it first: replicas that share the directory (and so
+    can move each other's journals) see the same id, wherever they mount it."""
+    path = directory / "id"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    tmp = directory / f"id.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(secrets.token_hex(8))
+    try:
+        os.link(tmp, path)  # atomic, and fails if another replica made it first
+    except FileExistsError:
+        pass
+    else:
+        _sync_dir(directory)
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 @dataclass

@@ -20,6 +20,7 @@ COLUMNS = (
     "status",
     "error",
     "cost",
+    "request_id",
 )
 
 

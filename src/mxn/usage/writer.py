@@ -15,6 +15,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.config import get_settings
 from mxn.store.models import Usage
-from mxn.usage.journal import SUFFIX, JournalFile, encode, journal_dir, journals, read
+from mxn.usage.journal import SUFFIX, JournalFile, directory_id, encode, journal_dir, journals, read
 
 log = logging.getLogger("mxn.usage")
 USAGE = cast(Table, Usage.__table__)
@@ -81,9 +82,13 @@ class UsageWriter:
         self.failing = False
         self.always = fsync == "always"
         self.syncer: asyncio.Task[None] | None = None
+        self.directory_id = ""  # the directory's own id, once started
+        # Called after each sweep has moved what dead replicas left, with `gone`: the quota holds' reclaim.
+        self.after_sweep: Callable[[Callable[[str], bool]], Awaitable[object]] | None = None
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory_id = directory_id(self.directory)
         self.current = self._new_file()
         self.committer = asyncio.create_task(self._commit_loop())
         self.mover = asyncio.create_task(self._move_loop())
@@ -124,6 +129,8 @@ class UsageWriter:
         async with self.moving:
             await self._claim_dead()
             await self._move_all()
+            if self.after_sweep:
+                await self.after_sweep(self.gone)
 
     async def close(self) -> None:
         """Journal what was added, then bring every journal held into the store. If the store does not take them
@@ -203,10 +210,13 @@ class UsageWriter:
         while not self.closing:
             try:
                 async with self.moving:
-                    if time.monotonic() >= sweep_at:
+                    sweep = time.monotonic() >= sweep_at
+                    if sweep:
                         sweep_at = time.monotonic() + SWEEP
                         await self._claim_dead()
                     await self._move_all()
+                    if sweep and self.after_sweep:
+                        await self.after_sweep(self.gone)
             except Exception as exc:  # the store unreachable: the records wait in the journal
                 if not self.failing:
                     log.warning("usage records wait in %s, the store fails: %s", self.directory, _reason(exc))
@@ -218,6 +228,11 @@ class UsageWriter:
                 self.failing, delay = False, self.interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)
+
+    def gone(self, replica: str) -> bool:
+        """Whether `replica` is not this one and has no journal left in this directory: every record it wrote is in
+        the store (it has one journal at least for as long as it lives)."""
+        return replica != self.replica and not journals(self.directory, replica)
 
     async def _claim_dead(self) -> None:
         """Take over the journals whose writers died (this replica's earlier life among them): nobody holds them."""
