@@ -5,6 +5,7 @@ Never the machine's shared Redis: these tests pause, kill and restart the server
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import signal
@@ -25,6 +26,7 @@ from mxn.deploy.process import free_port
 from mxn.deps import Dependency
 from mxn.errors import ServiceUnavailable
 from mxn.limits import CONCURRENT, REQUESTS, TOKENS, Rule
+from mxn.limits.auth_failures import AuthThrottle, RedisCounter
 from mxn.limits.resilient import Mode, ResilientLimiter, share
 from tests.conftest import wait_for, wait_for_async
 
@@ -282,6 +284,44 @@ async def test_shared_limits_resume_soon_after_redis_is_back(
 
 async def _both_up(a: ResilientLimiter, b: ResilientLimiter) -> bool:
     return a.health.up and b.health.up
+
+
+@pytest.mark.parametrize("how", ["hang", "down"])
+async def test_the_auth_failure_throttle_goes_on_without_redis_and_logs_the_outage_once(
+    redis_server: RedisServer, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mxn.deps")
+    counter = RedisCounter(redis_server.url, timeout=TIMEOUT)
+    throttle = AuthThrottle(2, 60.0, counter)
+    throttle.start()
+    try:
+        await throttle.failed("10.0.0.1")
+        break_redis(redis_server, how)
+        durations = []
+        for _ in range(4):  # uncounted meanwhile: nobody is blocked, every attempt waits at most the bound
+            _, took = await timed(throttle.failed("10.0.0.1"))
+            durations.append(took)
+            async with throttle.attempt("10.0.0.2"):
+                pass
+        await asyncio.sleep(2.5)  # the broadcast's subscription is tried again every second meanwhile
+        assert max(durations) < TIMEOUT + SLACK, durations
+        assert not throttle.blocked and not counter.health.up
+        if how == "hang":
+            redis_server.resume()
+        else:
+            redis_server.start()  # same port, empty
+
+        async def counted() -> bool:
+            await throttle.failed("10.0.0.3")
+            return counter.health.up
+
+        await wait_for_async(counted, timeout=3, what="the counter back", interval=0.1)
+    finally:
+        await throttle.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mxn.deps"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("auth-failure counter unavailable") and "go uncounted" in lines[0]
+    assert lines[1].startswith("auth-failure counter recovered")
 
 
 class Clock:

@@ -21,7 +21,7 @@ from mxn.store.db import create_engine, sessionmaker
 from mxn.store.migrate import upgrade
 from mxn.usage import UsageWriter
 from mxn.usage.journal import JournalFile, decode, encode, journals, read
-from mxn.usage.writer import insert
+from mxn.usage.writer import REJECTED, insert
 from tests.conftest import ROOT, wait_for_async
 from tests.usage import Sessions, stored, usage_row
 
@@ -35,6 +35,11 @@ def dead_journal(directory: Path, rows: int, name: str = "0123456789abcdef-00000
     path = directory / f"{name}.journal"
     path.write_bytes(b"".join(encode(usage_row(n, record_id=i)) for n, i in enumerate(ids)))
     return path, ids
+
+
+def leftovers(directory: Path) -> set[str]:
+    """What is in a journal directory beside its id: journals, their side files."""
+    return {p.name for p in directory.iterdir()} - {"id"}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +180,7 @@ async def test_the_side_file_says_where_moving_goes_on_and_a_bad_one_means_from_
     await writer.flush()
     await writer.close()
     assert sorted(await stored(sessions)) == sorted(ids[5:] + bad_ids)
-    assert not list(directory.iterdir())
+    assert not leftovers(directory)
 
 
 async def test_a_dead_replicas_journal_is_moved_once_by_racing_survivors_and_a_live_ones_is_left(
@@ -193,7 +198,7 @@ async def test_a_dead_replicas_journal_is_moved_once_by_racing_survivors_and_a_l
         assert live.exists()
     for survivor in survivors:
         await survivor.close()
-    assert {p.name for p in directory.iterdir()} == {live.name}
+    assert leftovers(directory) == {live.name}
 
 
 async def test_a_survivor_finishes_what_a_dead_mover_began(sessions: Sessions, tmp_path: Path) -> None:
@@ -208,7 +213,7 @@ async def test_a_survivor_finishes_what_a_dead_mover_began(sessions: Sessions, t
     writer.start()
     await writer.flush()
     await writer.close()
-    assert sorted(await stored(sessions)) == sorted(ids) and not list(path.parent.iterdir())
+    assert sorted(await stored(sessions)) == sorted(ids) and not leftovers(path.parent)
 
 
 async def test_clean_shutdown_moves_everything_and_leaves_no_journal(
@@ -220,7 +225,7 @@ async def test_clean_shutdown_moves_everything_and_leaves_no_journal(
     assert len(journals(tmp_path / "journal")) == 1 and not await stored(sessions)
     await writer.close()
     assert sorted(await stored(sessions)) == sorted(row["record_id"] for row in rows)
-    assert not list((tmp_path / "journal").iterdir())
+    assert not leftovers(tmp_path / "journal")
 
 
 async def test_adds_return_while_the_store_fails_and_the_records_move_once_it_is_back(
@@ -248,3 +253,33 @@ async def test_adds_return_while_the_store_fails_and_the_records_move_once_it_is
     await writer.close()
     assert sorted(await stored(sessionmaker(db))) == sorted(row["record_id"] for row in rows)
     await db.dispose()
+
+
+async def test_a_record_the_store_refuses_is_set_aside_and_the_rest_move_on(
+    sessions: Sessions, writers: list[UsageWriter], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "journal"
+    writer = start(writers, sessions, directory)
+    bad = usage_row(1, model=None)  # NOT NULL: no store takes it, however often it is moved
+    await writer.add(usage_row(0))
+    await writer.add(bad)
+    await writer.add(usage_row(2))
+    with caplog.at_level(logging.ERROR, "mxn.usage"):
+        await writer.flush()
+    assert sorted(await stored(sessions)) == sorted([f"{writer.replica}-1", f"{writer.replica}-3"])
+    kept = (directory / REJECTED).read_bytes().splitlines(keepends=True)
+    assert [decode(line) for line in kept] == [{**bad, "created_at": bad["created_at"]}]
+    assert "refused by the store" in caplog.text
+    await writer.add(usage_row(4))
+    await writer.flush()
+    assert f"{writer.replica}-4" in await stored(sessions), "moving goes on"
+
+
+async def test_records_with_and_without_holds_move_in_one_batch(
+    sessions: Sessions, writers: list[UsageWriter], tmp_path: Path
+) -> None:
+    writer = start(writers, sessions, tmp_path / "journal")
+    await writer.add(usage_row(0, user_hold="h-1", request_id="r0"))
+    await writer.add(usage_row(1))  # refused: paid from nothing
+    await writer.flush()
+    assert len(await stored(sessions)) == 2

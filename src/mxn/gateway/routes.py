@@ -139,21 +139,23 @@ async def healthz() -> Response:
 
 @router.get("/readyz", tags=["health"], openapi_extra=PUBLIC)
 async def readyz(request: Request) -> Response:
+    """Whether this replica can take requests: 503 only while its own engines load. A shared dependency that is
+    away (the store, Redis) makes it `degraded`, not unready: every replica shares it, and taking them all out of a
+    load balancer would refuse even what they still serve (cached keys with held balances, limits in memory)."""
     state = _state(request)
     await state.check_store()
-    down = [d for d in (state.store_health, *state.dependencies) if not d.up]
-    if down:
-        said = "; ".join(f"{d.name} is not reachable ({d.error})" for d in down)
-        raise ServiceUnavailable(f"not ready: {said}", code="not_ready")
     cells = state.catalog.cells.values()
     loading = [c.name for c in cells for e in c.endpoints if not e.engine.ready]
     if loading:
         raise ServiceUnavailable(f"loading models: {', '.join(sorted(set(loading)))}", code="not_ready")
     running = sum(state.router.cell_state(c) == "running" for c in cells)
-    dependencies = {d.name: d.snapshot() for d in (state.store_health, *state.dependencies)}
-    return json_response(
-        {"status": "ready", "deployments": len(cells), "running": running, "dependencies": dependencies}
-    )
+    deps = (state.store_health, *state.dependencies)
+    body: dict[str, object] = {"status": "ready", "deployments": len(cells), "running": running}
+    if down := [d for d in deps if not d.up]:
+        body["status"] = "degraded"
+        body["down"] = "; ".join(f"{d.name} is not reachable ({d.error})" for d in down)
+    body["dependencies"] = {d.name: d.snapshot() for d in deps}
+    return json_response(body)
 
 
 @router.get("/metrics", tags=["health"], openapi_extra=PUBLIC)

@@ -10,8 +10,9 @@ its subscription was reconnecting) learns on the next failure it sees: at most o
 Keys are 285-bit random, so for them counting after the fact is enough. Passwords and the operator's admin key
 may be weak, so those attempts (rare, and slow anyway) are counted before they are checked and given back on
 success (`attempt`): concurrent guesses cannot slip past the limit, on one replica or many. That costs /admin
-calls made with a key two counter operations each; /admin is not the hot path. With Redis unreachable, the
-throttle lets attempts through (and logs it) rather than turn every 401 and login into a 500.
+calls made with a key two counter operations each; /admin is not the hot path. With Redis unreachable or hung
+(each call bounded at `timeout`), the throttle lets attempts through rather than turn every 401 and login into
+a 500 or a wait, and says so as for any dependency: once when it goes, now and then while away, once when back.
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from mxn.deps import Dependency
 from mxn.errors import AuthError, MxnError, TooManyAuthFailures
 from mxn.limits import retry_seconds
 
-log = logging.getLogger("mxn")
+T = TypeVar("T")
 
 
 class FailureCounter(Protocol):
+    """A counter whose calls can fail says so in the log itself, once per outage: the throttle only carries on."""
+
     async def hit(self, address: str, window: float) -> tuple[int, float]:
         """Count one failure; the count in the current window and the seconds it has left."""
 
@@ -96,23 +102,37 @@ return 0
 class RedisCounter:
     """The counters in Redis, shared by every replica; blocks broadcast on a pub/sub channel."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 0.3) -> None:
         import redis.asyncio as aioredis
 
-        self.redis: Any = aioredis.from_url(url, decode_responses=True)
+        self.timeout = timeout
+        # As RedisLimiter's: no retries and no socket_timeout, each call bounded by `_redis` instead.
+        options = {"socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+        self.redis: Any = aioredis.from_url(url, decode_responses=True, **options)
+        self.health = Dependency("auth-failure counter", "failed authentications go uncounted until it is back")
         self._hit = self.redis.register_script(_HIT)
         self._undo = self.redis.register_script(_UNDO)
         self._listener: asyncio.Task[None] | None = None
 
+    async def _redis(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        self.health.ok()
+        return result
+
     async def hit(self, address: str, window: float) -> tuple[int, float]:
-        n, ttl = await self._hit(keys=[_PREFIX + address], args=[max(1, round(window * 1000))])
+        n, ttl = await self._redis(self._hit(keys=[_PREFIX + address], args=[max(1, round(window * 1000))]))
         return int(n), int(ttl) / 1000
 
     async def undo(self, address: str) -> None:
-        await self._undo(keys=[_PREFIX + address])
+        await self._redis(self._undo(keys=[_PREFIX + address]))
 
     async def announce(self, address: str, seconds: float) -> None:
-        await self.redis.publish(_CHANNEL, f"{seconds:.3f} {address}")
+        await self._redis(self.redis.publish(_CHANNEL, f"{seconds:.3f} {address}"))
 
     def listen(self, on_block: Callable[[str, float], None]) -> None:
         self._listener = asyncio.create_task(self._listen(on_block))
@@ -122,12 +142,13 @@ class RedisCounter:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(_CHANNEL)
+                    self.health.ok()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             seconds, _, address = message["data"].partition(" ")
                             on_block(address, float(seconds))
-            except Exception as exc:  # Redis away: failures still reach the counters; retry the subscription
-                log.warning("auth-failure broadcast lost: %s", type(exc).__name__)
+            except Exception as exc:  # Redis away: failures still reach the counters; subscribe again
+                self.health.failed(exc)
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
@@ -220,23 +241,18 @@ class AuthThrottle:
     async def _hit(self, address: str) -> tuple[int, float]:
         try:
             return await self.counter.hit(address, self.window)
-        except Exception as exc:  # Redis away: answer as if unthrottled rather than fail every login
-            log.warning("auth-failure counter unavailable: %s", type(exc).__name__)
+        except Exception:  # Redis away: answer as if unthrottled rather than fail every login
             return 0, 0.0
 
     async def _undo(self, address: str, n: int) -> None:
         if n:  # 0: never counted
-            try:
+            with contextlib.suppress(Exception):
                 await self.counter.undo(address)
-            except Exception as exc:
-                log.warning("auth-failure counter unavailable: %s", type(exc).__name__)
 
     async def _block(self, address: str, seconds: float) -> None:
         self._block_locally(address, seconds)
-        try:
+        with contextlib.suppress(Exception):  # the others learn on the next failure they see
             await self.counter.announce(address, seconds)
-        except Exception as exc:  # the others learn on the next failure they see
-            log.warning("could not announce an auth-failure block: %s", type(exc).__name__)
 
     def _block_locally(self, address: str, seconds: float) -> None:
         now = self.clock()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +24,11 @@ from typing import Any, cast
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.config import get_settings
+from mxn.store.db import unreachable
 from mxn.store.models import Usage
 from mxn.usage.journal import SUFFIX, JournalFile, directory_id, encode, journal_dir, journals, read
 
@@ -40,9 +43,13 @@ CLOSE_WAIT = 30.0  # seconds close() lets the journal take, and then the store
 SWEEP = 10.0  # seconds between looks for journals whose writers died
 MAX_BACKOFF = 2.0  # seconds between attempts at most, while the store or the disk fails
 SYNC_EVERY = 0.2  # seconds between syncs to disk in `interval` mode
+REJECTED = "rejected.jsonl"  # records the store refuses outright, set aside here (one journal line each)
 
 
 async def insert(sessions: async_sessionmaker[AsyncSession], rows: list[dict[str, Any]]) -> None:
+    # One executemany takes rows of the same columns: a record leaves out what does not apply (its holds, say).
+    columns = set().union(*rows)
+    rows = [row if len(row) == len(columns) else {c: row.get(c) for c in columns} for row in rows]
     async with sessions() as s:
         await s.execute(_INSERTS[s.get_bind().dialect.name], rows)  # Core executemany: no ORM work per row
         await s.commit()
@@ -270,11 +277,37 @@ class UsageWriter:
             if batch.skipped:
                 log.warning("usage journal %s: %d bytes of torn or damaged lines skipped", journal.path, batch.skipped)
             if batch.rows:
-                await insert(self.sessions, batch.rows)
+                try:
+                    await insert(self.sessions, batch.rows)
+                except DBAPIError as exc:
+                    if unreachable(exc):
+                        raise
+                    await self._insert_each(batch.rows)  # a record the store refuses must not hold up the rest
             if batch.eof:
                 break
             await asyncio.to_thread(journal.save_moved, batch.end)
         await asyncio.to_thread(journal.remove)
+
+    async def _insert_each(self, rows: list[dict[str, Any]]) -> None:
+        """Insert the rows one by one; those the store refuses outright go to the REJECTED file, logged."""
+        for row in rows:
+            try:
+                await insert(self.sessions, [row])
+            except DBAPIError as exc:
+                if unreachable(exc):
+                    raise
+                await asyncio.to_thread(_set_aside, self.directory / REJECTED, encode(row))
+                log.error("usage record %s refused by the store, kept in %s: %s", row.get("record_id"),
+                          self.directory / REJECTED, _reason(exc))  # fmt: skip
+
+
+def _set_aside(path: Path, line: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _url(sessions: async_sessionmaker[AsyncSession]) -> URL | None:
