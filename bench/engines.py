@@ -360,6 +360,9 @@ class VllmBench:
             args += ["--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template"]
             args += ["--disable-shuffle"]
         args += ["--output-len", str(out_len), "--ignore-eos", "--temperature", "0", "--seed", "0"]
+        # What mxn bench sends besides (for servers that take no `ignore_eos`): vLLM then runs its min-tokens
+        # processor at every step, so both tools must ask it, or they measure different work.
+        args += ["--extra-body", json.dumps({"min_tokens": out_len})]
         args += ["--max-concurrency", str(c), "--num-prompts", str(n), "--disable-tqdm"]
         # Its ready check is one unmeasured request; `--num-warmups` adds the rest of what mxn bench sends.
         args += ["--num-warmups", str(max(self.plan.warmup - 1, 0))]

@@ -7,6 +7,10 @@ With `--json-only`, in any mode, a POST whose body is not declared `application/
 GET /_last returns the last request body it received, so tests can see what the gateway forwarded;
 GET /_streams counts streams sent to the end and streams the client closed early.
 A user message `reverse: TEXT` is answered with TEXT reversed (an answer the question does not contain).
+Tools, as vLLM serves them: a chat request with `tools` (and `tool_choice` not "none") whose last message is the
+user's is answered with a call of the first tool (or the one `tool_choice` names), its required string arguments
+set to the user's text (numbers to 1), finish_reason `tool_calls`, streamed as vLLM streams them (the name first,
+then the arguments in pieces); once the last message is a tool's result, the answer is `tool said: RESULT`.
 POST /moderations is a classifier in OpenAI's moderation shape: it flags text containing "classifier-bad".
 """
 
@@ -46,7 +50,30 @@ def _not_json(request: Request) -> Response | None:
     return _json({"error": {"message": message, "type": "BadRequestError", "code": 400}}, 400)
 
 
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call this fake makes of the request's tools, or None when it answers in text."""
+    tools, choice, messages = body.get("tools"), body.get("tool_choice"), body.get("messages") or []
+    if not tools or choice == "none" or not messages or messages[-1].get("role") != "user":
+        return None
+    tool = tools[0]["function"]
+    if isinstance(choice, dict):
+        tool = next(t["function"] for t in tools if t["function"]["name"] == choice["function"]["name"])
+    text = messages[-1].get("content")
+    text = text if isinstance(text, str) else " ".join(p.get("text", "") for p in text or [])
+    schema = tool.get("parameters") or {}
+    props = schema.get("properties") or {}
+    args = {k: 1 if props.get(k, {}).get("type") in ("number", "integer") else text for k in schema.get("required", [])}
+    return {
+        "id": "call_fake1",
+        "type": "function",
+        "function": {"name": tool["name"], "arguments": orjson.dumps(args).decode()},
+    }
+
+
 def _reply(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "tool":
+        return f"tool said: {messages[-1].get('content')}"
     if "messages" in body:
         users = [m for m in body["messages"] if m.get("role") == "user"]
         text = users[-1].get("content") if users else ""
@@ -77,6 +104,9 @@ async def generate(request: Request) -> Response:
         response.headers["retry-after"] = "7"
         return response
     chat = request.url.path.endswith("chat/completions")
+    call = _tool_call(body) if chat else None
+    if call is not None:
+        return _called(body, call)
     text = _reply(body)
     usage = {"prompt_tokens": 11, "completion_tokens": len(_pieces(text)), "total_tokens": 11 + len(_pieces(text))}
     if body.get("stream"):
@@ -102,6 +132,41 @@ async def generate(request: Request) -> Response:
             data.pop(k)
         data["choices"][0]["finish_reason"] = "eos"
     return _json(data)
+
+
+def _called(body: dict[str, Any], call: dict[str, Any]) -> Response:
+    """A tool call, whole or streamed."""
+    usage = {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20}
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
+        return _json({"id": "up-t", "object": "chat.completion", "created": 1700000000, "model": body.get("model"),
+                      "usage": usage, "choices": [choice]})  # fmt: skip
+    args = call["function"]["arguments"]
+    head = {
+        "index": 0,
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": call["function"]["name"], "arguments": ""},
+    }
+    deltas = [{"role": "assistant", "content": None, "tool_calls": [head]}]
+    deltas += [
+        {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 8]}}]} for i in range(0, len(args), 8)
+    ]
+
+    async def parts():  # type: ignore[no-untyped-def]
+        for i, delta in enumerate(deltas):
+            finish = "tool_calls" if i == len(deltas) - 1 else None
+            chunk = {"id": "up-t", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunk = {"id": "up-t", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
+                     "choices": [], "usage": usage}  # fmt: skip
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(parts(), media_type="text/event-stream")
 
 
 async def _stream(body: dict[str, Any], chat: bool, text: str, usage: dict[str, int]):  # type: ignore[no-untyped-def]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import secrets
 import signal
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
+import uvicorn.config
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -83,6 +85,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         access_log=False,
         # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default: a local client could then choose the
         # address that key allowlists and the auth-failure throttle see. Only proxies named in settings are.
@@ -90,6 +93,19 @@ def serve(
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, and mxn's own loggers (`mxn.*`) beside it at MXN_LOG_LEVEL, in its format and on its
+    stream, in every worker: what mxn says of its dependencies, journals and engines reaches the operator."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["mxn"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    config["handlers"]["mxn"] = {"formatter": "mxn", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    config["loggers"]["mxn"] = {"handlers": ["mxn"], "level": level.upper(), "propagate": False}
+    return config
 
 
 async def _zero_config(s, settings):  # type: ignore[no-untyped-def]

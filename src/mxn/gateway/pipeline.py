@@ -3,7 +3,8 @@
     authenticate         gateway/auth.py        the key (or console session) → a Principal
     parse                gateway/body.py        the JSON body, bounded in size and depth
     resolve              gateway/pipeline.py    the cell: a /maas path, or the body's `model`
-    prepare              gateway/protocols/     the protocol's request → the internal request (params.py)
+    recall, prepare      gateway/protocols/     what the request refers to in the store (a previous response);
+                                                the protocol's request → the internal request (params.py)
     admit                gateway/admit.py       rate limits, then quota reserved
     moderate the input   gateway/moderate.py
     dispatch             gateway/dispatch.py    to an endpoint, failing over while nothing has been sent
@@ -62,6 +63,7 @@ async def handle(protocol: Protocol, request: Request, ref: CellRef = None) -> R
     """The whole chain for one request of a generation or embedding protocol."""
     principal, raw, cell = await begin(request, ref)
     call = Call(request, request.app.state.mxn, protocol, principal, raw, cell)
+    await protocol.recall(call)
     call.prepared = protocol.prepare(call.raw, call.cell, call.state.unknown_fields)
     able(call.prepared, call.cell.endpoints, call.cell)  # a parameter no engine of the cell takes: refused now
     call.admission = await admit(call.state, call.principal, call.cell, call.prepared, protocol.name)
@@ -117,7 +119,9 @@ async def _complete(call: Call) -> Response:
     await call.admission.finish(
         200, usage["prompt_tokens"], usage.get("completion_tokens", 0), endpoint.id, call.blocked
     )
-    return json_response(call.protocol.answer(body, call), headers=call.admission.headers)
+    out = call.protocol.answer(body, call)
+    await call.protocol.keep(out, call)
+    return json_response(out, headers=call.admission.headers)
 
 
 async def _stream(call: Call) -> Response:

@@ -23,14 +23,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mxn.config import get_settings
 from mxn.store.db import unreachable
 from mxn.store.models import Usage
-from mxn.usage.journal import SUFFIX, JournalFile, directory_id, encode, journal_dir, journals, read
+from mxn.usage.journal import SUFFIX, JournalFile, directory_id, encode, journals, read
 
 log = logging.getLogger("mxn.usage")
 USAGE = cast(Table, Usage.__table__)
@@ -59,16 +57,16 @@ class UsageWriter:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        directory: Path | str | None = None,
+        directory: Path | str,
         interval: float = 0.5,
         batch: int = 500,
         fsync: str = "interval",
     ) -> None:
-        """`directory`: where this store's journals are (`journal.journal_dir`); by default as the settings say.
+        """`directory`: where this store's journals are (`journal.journal_dir`).
         `fsync`: `always` syncs each group to disk before its adds resolve; `interval` writes each record to the OS
         at once (it outlives the process) and syncs every SYNC_EVERY seconds."""
         self.sessions = sessions
-        self.directory = Path(directory) if directory is not None else journal_dir(get_settings(), _url(sessions))
+        self.directory = Path(directory)
         self.interval = interval
         self.batch = batch
         self.replica = secrets.token_hex(8)  # names this writer's journals, and starts its records' ids
@@ -308,11 +306,6 @@ def _set_aside(path: Path, line: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _url(sessions: async_sessionmaker[AsyncSession]) -> URL | None:
-    bind = sessions.kw.get("bind")
-    return cast(URL, bind.url) if bind is not None else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,6 +27,10 @@ class Protocol:
     route: ClassVar[str]  # the internal route: the OpenAI path an engine is called on
     kind: ClassVar[Literal["chat", "text", "embedding"]]  # what the internal answer looks like
 
+    async def recall(self, call: Call) -> None:
+        """Before `prepare`: fetch what the request refers to in the store (a previous response, say) into
+        `call.raw`. Most protocols refer to nothing."""
+
     def prepare(self, raw: dict[str, Any], cell: Cell, unknown: UnknownFields) -> Prepared:
         """The internal request, filled from the model's defaults and checked against its context."""
         raise NotImplementedError
@@ -44,6 +48,10 @@ class Protocol:
     def answer(self, body: dict[str, Any], call: Call) -> dict[str, Any]:
         """The client's body for a complete internal answer (already normalised and moderated)."""
         return body
+
+    async def keep(self, out: dict[str, Any], call: Call) -> None:
+        """After a complete answer is settled: keep what the protocol stores of it (a stream's `events` does this
+        itself at its end). Most protocols keep nothing."""
 
     async def events(self, chunks: AsyncIterator[dict[str, Any]], call: Call) -> AsyncIterator[bytes]:
         """The client's stream, one piece per internal chunk; after the last, whatever closes a finished answer."""
