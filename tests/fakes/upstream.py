@@ -55,10 +55,16 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools, choice, messages = body.get("tools"), body.get("tool_choice"), body.get("messages") or []
     if not tools or choice == "none" or not messages or messages[-1].get("role") != "user":
         return None
-    tool = tools[0]["function"]
-    if isinstance(choice, dict):
-        tool = next(t["function"] for t in tools if t["function"]["name"] == choice["function"]["name"])
-    text = messages[-1].get("content")
+    try:  # a shape this fake does not know (a fuzzer's): answered in text, as an engine would ignore it
+        tool = tools[0]["function"]
+        if isinstance(choice, dict):
+            tool = next(t["function"] for t in tools if t["function"]["name"] == choice["function"]["name"])
+        return _call_of(tool, messages[-1].get("content"))
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def _call_of(tool: dict[str, Any], text: Any) -> dict[str, Any]:
     text = text if isinstance(text, str) else " ".join(p.get("text", "") for p in text or [])
     schema = tool.get("parameters") or {}
     props = schema.get("properties") or {}
