@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./mxn.db"
@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # crashed process loses nothing), synced to disk every 0.2 s (a machine that loses power may lose the last
     # 0.2 s). `always`: synced to disk before the answer (group commit; about 0.5 ms more per request here).
     usage_fsync: Literal["interval", "always"] = "interval"
+    # Responses API: a stored response (`store`, the default) is kept this many seconds, then is gone.
+    responses_ttl: float = Field(default=30 * 86400.0, gt=0)
     # With no catalogue and an empty store, serve the embedded demo chat model and MiniLM embeddings.
     demo: bool = True
     # Alerts go to this URL (POST, JSON) signed with HMAC-SHA256 under the secret; unset = stored and listed only.

@@ -31,6 +31,10 @@ ROOTS = [
     "ChatCompletionResponseMessage",
     "ChatCompletionStreamResponseDelta",
     "Embedding",
+    # the Responses API
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 ]
 PREFIX = "#/components/schemas/"
 OUT = Path(__file__).with_name("openai_schemas.json")

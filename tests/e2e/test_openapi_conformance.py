@@ -205,6 +205,35 @@ def test_every_chat_stream_chunk_is_a_CreateChatCompletionStreamResponse(
     assert_invalid("CreateChatCompletionStreamResponse", broken(first, "created"))
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_calls_whole_and_streamed_are_valid(server: Server) -> None:
+    body = {"model": QWEN, "messages": [{"role": "user", "content": "Paris"}], "tools": [WEATHER]}
+    with server.client() as c:
+        whole = c.post(f"/maas/{QWEN}/nvidia/chat/completions", json=body)
+        streamed = c.post(f"/maas/{QWEN}/nvidia/chat/completions", json={**body, "stream": True})
+    assert whole.status_code == 200, whole.text
+    answer = whole.json()
+    assert_valid("CreateChatCompletionResponse", answer)
+    assert answer["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert_invalid("CreateChatCompletionResponse", broken(answer, "choices", 0, "message", "tool_calls", 0, "id"))
+    got = [ch for ch in chunks(streamed) if ch["choices"]]
+    calls = [ch for ch in got if ch["choices"][0]["delta"].get("tool_calls")]
+    assert len(calls) >= 2 and got[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    for chunk in got:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert_invalid(
+        "CreateChatCompletionStreamResponse", broken(calls[0], "choices", 0, "delta", "tool_calls", 0, "index")
+    )
+
+
 # -------------------------------------------------------------------------------------------------- completions
 
 COMPLETIONS = "/maas/qwen-72b/nvidia/completions"

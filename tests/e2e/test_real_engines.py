@@ -268,6 +268,94 @@ def test_vllm_n_logprobs_json_schema_tools_and_cached_prompt_tokens(cell: Cell, 
     assert details is not None and (details.cached_tokens or 0) > 0
 
 
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "enum": ["Paris", "Beijing"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def test_responses_and_messages_through_vllm(cell: Cell, demo_data_dir: Path) -> None:
+    """The Responses and Anthropic Messages APIs over a real engine: text, a second turn by previous_response_id, a
+    JSON-schema answer and a tool round trip; the official SDKs as clients."""
+    import anthropic
+
+    bias = _no_whitespace(demo_data_dir)
+    key = f"{cell.key}-{cell.endpoints['vllm']['endpoint']}"
+    base = cell.gateway.url + "/maas/mxn-demo/cpu"
+    oa = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
+    first = oa.responses.create(model="mxn-demo", input="What is mxn?", max_output_tokens=12, temperature=0)
+    assert first.status in ("completed", "incomplete") and first.output_text
+    assert first.usage is not None and 0 < first.usage.output_tokens <= 12
+    second = oa.responses.create(
+        model="mxn-demo", previous_response_id=first.id, input="And then?", max_output_tokens=8, temperature=0
+    )
+    assert second.usage is not None and second.usage.input_tokens > first.usage.input_tokens  # the first turn too
+    schema = {"type": "object", "properties": {"chip": {"enum": ["cpu", "nvidia"]}}, "required": ["chip"]}
+    answer = oa.responses.create(
+        model="mxn-demo",
+        input="Which chip?",
+        max_output_tokens=60,
+        temperature=0,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
+        extra_body={"logit_bias": bias},
+    )
+    jsonschema.validate(json.loads(answer.output_text), schema)
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True}
+    called = oa.responses.create(
+        model="mxn-demo",
+        input="Weather?",
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=120,
+        temperature=0,
+        extra_body={"logit_bias": bias},
+    )
+    (call,) = [o for o in called.output if o.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Beijing")
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+    after = oa.responses.create(
+        model="mxn-demo", previous_response_id=called.id, input=[result], max_output_tokens=8, temperature=0
+    )
+    assert after.output_text and not [o for o in after.output if o.type == "function_call"]
+
+    claude = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0, timeout=120)
+    message = claude.messages.create(
+        model="mxn-demo", max_tokens=12, system="Be brief.", messages=[{"role": "user", "content": "What is mxn?"}]
+    )
+    assert message.content[0].type == "text" and message.stop_reason in ("end_turn", "max_tokens")
+    with claude.messages.stream(
+        model="mxn-demo", max_tokens=12, messages=[{"role": "user", "content": "What is mxn?"}]
+    ) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.usage.output_tokens > 0
+    asked = claude.messages.create(
+        model="mxn-demo",
+        max_tokens=120,
+        tools=[{"name": "get_weather", "input_schema": WEATHER, "strict": True}],  # type: ignore[typeddict-item]
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather?"}],
+        extra_body={"logit_bias": bias, "temperature": 0},  # this SDK no longer takes a temperature of its own
+    )
+    uses = [b for b in asked.content if b.type == "tool_use"]
+    assert len(uses) == 1, asked.model_dump()
+    use = uses[0]
+    assert asked.stop_reason == "tool_use" and use.name == "get_weather" and use.input["city"] in ("Paris", "Beijing")  # type: ignore[index]
+    reply = claude.messages.create(
+        model="mxn-demo",
+        max_tokens=8,
+        tools=[{"name": "get_weather", "input_schema": WEATHER}],  # type: ignore[typeddict-item]
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [use.model_dump()]},  # type: ignore[list-item]
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]},
+        ],
+        tool_choice={"type": "none"},
+    )
+    assert reply.content and reply.content[0].type == "text"
+
+
 @pytest.mark.parametrize(
     ("param", "extra"),
     [

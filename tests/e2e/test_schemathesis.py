@@ -116,7 +116,8 @@ def api(fuzz_server: FuzzServer) -> schemathesis.BaseSchema:
 def openai_error_shape(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
-    """Every 4xx/5xx is `{"error": {"message": str, "type": str, "param": str|null, "code": str|null}}`."""
+    """Every 4xx/5xx is `{"error": {"message": str, "type": str, "param": str|null, "code": str|null}}` (Anthropic's
+    `{"type": "error", "error": {"type": str, "message": str}}` on the Messages API)."""
     if response.status_code < 400:
         return None
     try:
@@ -127,6 +128,9 @@ def openai_error_shape(
     assert isinstance(error, dict), f"no 'error' object in a {response.status_code}: {body!r:.300}"
     assert isinstance(error.get("message"), str) and error["message"], f"no message: {error!r:.300}"
     assert isinstance(error.get("type"), str) and error["type"], f"no type: {error!r:.300}"
+    if "/messages" in case.path:  # the Anthropic Messages API answers in Anthropic's shape: no param, no code
+        assert body.get("type") == "error" and set(error) == {"type", "message"}, f"not Anthropic's: {body!r:.300}"
+        return None
     for name in ("param", "code"):
         assert name in error and isinstance(error[name], str | None), f"bad {name}: {error!r:.300}"
     return None

@@ -60,6 +60,12 @@ class Engine(ABC):
         return False
 
     @property
+    def unsupported(self) -> frozenset[str]:
+        """Optional request parameters this engine cannot take, once it can tell (the embedded engine's model may
+        have a chat template without tools); the gateway then routes such a request elsewhere or refuses it."""
+        return frozenset()
+
+    @property
     def hardware(self) -> dict[str, Any]:
         """What the engine runs on, when it can tell (the embedded engine); the deployment's disclosure otherwise."""
         return {}

@@ -1,4 +1,4 @@
-"""Who is calling: an `sk-` key (Bearer or `api-key:`), or the operator's admin key for /admin.
+"""Who is calling: an `sk-` key (Bearer, `api-key:` or `x-api-key:`), or the operator's admin key for /admin.
 
 Identity comes from these credentials or the console's session cookie only, never from a header naming a user
 (GenStudio's `INFINI_USERINFO_V1` is the flaw to avoid). Failed attempts are throttled per client address
@@ -25,7 +25,7 @@ def presented_key(request: Request) -> str | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("api-key") or None
+    return request.headers.get("api-key") or request.headers.get("x-api-key") or None  # x-api-key: Anthropic's
 
 
 def client_host(request: Request) -> str:

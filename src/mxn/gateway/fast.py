@@ -17,8 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mxn.errors import MxnError
 from mxn.gateway import pipeline, responses
 from mxn.gateway.openapi import request_body
-from mxn.gateway.protocols import CHAT, COMPLETIONS, EMBEDDINGS, Protocol
+from mxn.gateway.protocols import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, Protocol
+from mxn.protocol.anthropic import MessagesRequest
 from mxn.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from mxn.protocol.responses import ResponsesRequest
 
 MAAS = "/maas/{model}/{chip}/"  # the GenStudio M×N form: the cell is in the path
 
@@ -39,8 +41,15 @@ GENERATION = (
         "v1_completions", "/v1/completions", COMPLETIONS, "openai", request_body(CompletionRequest, require=("model",))
     ),
     Route("v1_embeddings", "/v1/embeddings", EMBEDDINGS, "openai", request_body(EmbeddingRequest, require=("model",))),
+    Route("v1_responses", "/v1/responses", RESPONSES, "openai", request_body(ResponsesRequest, require=("model",))),
     Route("maas_chat", MAAS + "chat/completions", CHAT, "maas", request_body(ChatCompletionRequest)),
     Route("maas_completions", MAAS + "completions", COMPLETIONS, "maas", request_body(CompletionRequest)),
+    Route("maas_responses", MAAS + "responses", RESPONSES, "maas", request_body(ResponsesRequest)),
+    # Anthropic's Messages API. Its SDK (and Claude Code) append /v1/messages to a base URL: a cell's base URL,
+    # /maas/{model}/{chip}, sends every request to that cell whatever model it names.
+    Route("v1_messages", "/v1/messages", MESSAGES, "anthropic", request_body(MessagesRequest, require=("model",))),
+    Route("maas_messages", MAAS + "messages", MESSAGES, "maas", request_body(MessagesRequest)),
+    Route("maas_v1_messages", MAAS + "v1/messages", MESSAGES, "maas", request_body(MessagesRequest)),
 )
 _V1 = {r.path: r for r in GENERATION if not r.path.startswith(MAAS)}
 _MAAS = {r.path.removeprefix(MAAS): r for r in GENERATION if r.path.startswith(MAAS)}
@@ -81,5 +90,5 @@ class FastRoutes:
         except MxnError as exc:
             response = route.protocol.error_response(exc)
         except Exception as exc:  # answered as the app's own handler answers it: logged, never shown
-            response = await responses.on_unexpected(request, exc)
+            response = await responses.on_unexpected(request, exc, route.protocol.error_response)
         await response(scope, receive, send)

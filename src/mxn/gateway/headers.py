@@ -94,6 +94,9 @@ class _DocsPage:
         await self.send({"type": "http.response.body", "body": body})
 
 
+ANTHROPIC_HEADERS = ("x-api-key", "anthropic-version", "anthropic-beta")  # what Anthropic's SDK sends from a browser
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """CORS when origins are configured (none by default: no CORS headers, preflights get 405), then headers."""
     if settings.cors_origins:
@@ -102,7 +105,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             allow_origins=settings.cors_origins,
             allow_credentials=settings.cors_allow_credentials,
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "api-key"],
+            allow_headers=["authorization", "content-type", "api-key", *ANTHROPIC_HEADERS],
             expose_headers=[
                 "retry-after",
                 *(f"x-ratelimit-{w}-{k}" for w in ("limit", "remaining", "reset") for k in ("requests", "tokens")),

@@ -18,6 +18,7 @@ _SCHEMAS: dict[str, Any] = {}
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an `sk-` key, or MXN_ADMIN_KEY for /admin"},
     "api-key": {"type": "apiKey", "in": "header", "name": "api-key", "description": "an `sk-` key"},
+    "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "an `sk-` key (Anthropic's)"},
     "console": {"type": "apiKey", "in": "cookie", "name": "mxn_session", "description": "the console's login"},
 }
 

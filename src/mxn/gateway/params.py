@@ -61,10 +61,15 @@ class Prepared:
         return replace(self, body=body, max_tokens=cap)
 
 
-def prepare_chat(req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:
+def prepare_chat(
+    req: ChatCompletionRequest, raw: dict[str, Any], cell: Cell, prompt_tokens: int | None = None
+) -> Prepared:
+    """`prompt_tokens`: when the caller (another protocol's adapter) has counted them already."""
     req.check()
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
-    prompt_tokens = cell.model.tokenizer.count_messages(messages)
+    if prompt_tokens is None:
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        tools = req.tools if req.tool_choice != "none" else None  # what the template shows the model
+        prompt_tokens = cell.model.tokenizer.count_messages(messages, tools)
     return _prepare(req, raw, cell, prompt_tokens, prompt_tokens, req.n or 1)
 
 
@@ -123,14 +128,21 @@ def able(prepared: Prepared, candidates: list[EndpointInfo], cell: Cell) -> list
     """The candidates whose engines take every optional parameter the client set; none: 400 naming one."""
     if not prepared.asked:
         return candidates
-    fit = [e for e in candidates if e.supports is None or prepared.asked <= e.supports]
+    fit = [e for e in candidates if not _lacks(e, prepared.asked)]
     if fit or not candidates:
         return fit
-    # No candidate fits, so each has a `supports` list that lacks one of them: name the first the first one lacks.
-    name = min(prepared.asked - (candidates[0].supports or frozenset()))
+    # No candidate fits, so each lacks one of them (its `supports` list, or its engine says so): name the first the
+    # first one lacks.
+    name = min(_lacks(candidates[0], prepared.asked))
     raise InvalidRequest(
         f"'{name}' is not supported by the engine serving {cell.name}", param=name, code="unsupported_parameter"
     )
+
+
+def _lacks(endpoint: EndpointInfo, asked: frozenset[str]) -> frozenset[str]:
+    """The parameters asked for that this endpoint does not take."""
+    missing = asked & endpoint.engine.unsupported
+    return missing | (asked - endpoint.supports) if endpoint.supports is not None else missing
 
 
 def _check_sampling(body: dict[str, Any]) -> None:

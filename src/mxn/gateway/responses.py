@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import asyncpg
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from mxn.store.db import unreachable
 from mxn.wire import error_response
 
 log = logging.getLogger("mxn")
+Render = Callable[[MxnError], Response]
 
 
 async def on_mxn_error(_request: Request, exc: Exception) -> Response:
@@ -55,27 +57,28 @@ def _unstorable(exc: Exception) -> bool:
     )
 
 
-def store_unavailable(request: Request, exc: BaseException) -> Response:
+def store_unavailable(request: Request, exc: BaseException, render: Render = error_response) -> Response:
     """503 `store_unavailable` with Retry-After; the outage is logged by `deps.Dependency`, not per request."""
     state = getattr(request.app.state, "mxn", None)
     if state is not None:
         state.store_health.failed(exc)
     metrics.REFUSED.labels("store_unavailable").inc()
-    return error_response(
+    return render(
         ServiceUnavailable(
             "the store is not reachable; try again shortly", code="store_unavailable", headers={"retry-after": "2"}
         )
     )
 
 
-async def on_unexpected(request: Request, exc: Exception) -> Response:
+async def on_unexpected(request: Request, exc: Exception, render: Render = error_response) -> Response:
+    """`render`: a protocol's own error shape (`Protocol.error_response`) on its routes; OpenAI's elsewhere."""
     if unreachable(exc):
-        return store_unavailable(request, exc)
+        return store_unavailable(request, exc, render)
     if _unstorable(exc):
         message = "a value in the request is out of range or cannot be stored (too large a number, or a NUL character)"
-        return error_response(InvalidRequest(message, code="value_out_of_range"))
+        return render(InvalidRequest(message, code="value_out_of_range"))
     # The details go to the server log, never to the client.
     log.exception("unhandled error: %s", type(exc).__name__)
     if isinstance(exc, TimeoutError):
-        return error_response(ServiceUnavailable("the server is busy; try again", code="busy"))
-    return error_response(MxnError("The server had an error while processing your request."))
+        return render(ServiceUnavailable("the server is busy; try again", code="busy"))
+    return render(MxnError("The server had an error while processing your request."))

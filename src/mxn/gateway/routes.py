@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from mxn import metrics
-from mxn.errors import ModelNotFound, ServiceUnavailable
-from mxn.gateway import fast, pipeline, views
+from mxn.errors import ModelNotFound, MxnError, NotFound, ServiceUnavailable
+from mxn.gateway import fast, pipeline, responses, stored, views
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import validate
 from mxn.gateway.openapi import PUBLIC, request_body
+from mxn.gateway.protocols import MESSAGES
 from mxn.gateway.state import AppState
+from mxn.protocol.anthropic import CountTokensRequest
 from mxn.protocol.maas import ModelDetailsRequest, TokenCountRequest
+from mxn.store.models import StoredResponse
 from mxn.wire import json_response
 
 router = APIRouter()
@@ -65,6 +69,40 @@ async def v1_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
+# --- OpenAI Responses: stored responses, each visible only to the user who made it ---
+async def _stored_response(request: Request, response_id: str) -> StoredResponse:
+    principal = await api_principal(request)
+    row = await stored.find(_state(request), principal.user_id, response_id)
+    if row is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return row
+
+
+@router.get("/v1/responses/{response_id}", tags=["openai"])
+async def v1_response(response_id: str, request: Request) -> Response:
+    return json_response((await _stored_response(request, response_id)).response)
+
+
+@router.delete("/v1/responses/{response_id}", tags=["openai"])
+async def v1_response_delete(response_id: str, request: Request) -> Response:
+    principal = await api_principal(request)
+    if not await stored.remove(_state(request), principal.user_id, response_id):
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@router.get("/v1/responses/{response_id}/input_items", tags=["openai"])
+async def v1_response_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> Response:
+    row = await _stored_response(request, response_id)
+    return json_response(stored.item_page(row.input, limit, order, after))
+
+
 # --- GenStudio M×N form: one exact cell per base URL ---
 @router.post("/maas/{model}/{chip}/token_count", tags=["maas"], openapi_extra=request_body(TokenCountRequest))
 async def maas_token_count(model: str, chip: str, request: Request) -> Response:
@@ -110,6 +148,37 @@ async def maas_models(model: str, chip: str, request: Request) -> Response:
     entry = views.model_object(cell.model, _STARTED)
     cell_entry = views.model_object(cell.model, _STARTED, cell, _state(request).router.cell_state)
     return json_response({"object": "list", "data": [entry, cell_entry]})
+
+
+# --- Anthropic's token count, on /v1 (the cell in `model`) and on a cell's base URL; errors in Anthropic's shape ---
+async def _count_tokens(request: Request, ref: pipeline.CellRef) -> Response:
+    try:
+        _principal, raw, cell = await pipeline.begin(request, ref)
+        return json_response({"input_tokens": MESSAGES.count_tokens(raw, cell)})
+    except MxnError as exc:
+        return MESSAGES.error_response(exc)
+    except Exception as exc:
+        return await responses.on_unexpected(request, exc, MESSAGES.error_response)
+
+
+_COUNT_BODY = request_body(CountTokensRequest)
+
+
+@router.post(
+    "/v1/messages/count_tokens", tags=["anthropic"], openapi_extra=request_body(CountTokensRequest, require=("model",))
+)
+async def v1_count_tokens(request: Request) -> Response:
+    return await _count_tokens(request, None)
+
+
+@router.post("/maas/{model}/{chip}/messages/count_tokens", tags=["maas"], openapi_extra=_COUNT_BODY)
+async def maas_count_tokens(model: str, chip: str, request: Request) -> Response:
+    return await _count_tokens(request, (model, chip))
+
+
+@router.post("/maas/{model}/{chip}/v1/messages/count_tokens", tags=["maas"], openapi_extra=_COUNT_BODY)
+async def maas_v1_count_tokens(model: str, chip: str, request: Request) -> Response:
+    return await _count_tokens(request, (model, chip))
 
 
 # --- GenStudio console API: the filterable M×N catalogue ---

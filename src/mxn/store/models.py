@@ -157,6 +157,21 @@ class QuotaHold(Base):
     lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class StoredResponse(Base):
+    """A response of the Responses API kept for its user (`store`), until it expires (`gateway/stored.py`)."""
+
+    __tablename__ = "responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    # The input items as the model saw them (what `previous_response_id` brought, then the client's own), and the
+    # Response object as it was answered (its output and usage included).
+    input: Mapped[list[Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Session(Base):
     """A console login: the cookie holds a random token, the store only its HMAC."""
 

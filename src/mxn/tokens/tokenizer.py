@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -74,12 +75,14 @@ class Tokenizer(ABC):
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
-    def count_messages(self, messages: list[dict[str, Any]]) -> int:
-        """Prompt tokens of a chat request (the messages plus the assistant reply priming)."""
+    def count_messages(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> int:
+        """Prompt tokens of a chat request (the messages plus the assistant reply priming; tools as their JSON)."""
         start, end = self._special_id(IM_START), self._special_id(IM_END)
+        # Templates differ in how they show tools; their schemas' JSON is most of it.
+        extra = self.count(json.dumps(tools, ensure_ascii=False)) if tools else 0
         if start is not None and end is not None:
-            return len(self._chatml_ids(messages, start, end))
-        return self._openai_count(messages)
+            return len(self._chatml_ids(messages, start, end)) + extra
+        return self._openai_count(messages) + extra
 
     def _chatml_ids(self, messages: list[dict[str, Any]], start: int, end: int) -> list[int]:
         # Renders Qwen's template: <|im_start|>{role}\n{content}<|im_end|>\n ... <|im_start|>assistant\n.
@@ -201,13 +204,18 @@ class HuggingFaceTokenizer(Tokenizer):
         tid = self._tokenizer.token_to_id(token)
         return None if tid is None else int(tid)
 
-    def count_messages(self, messages: list[dict[str, Any]]) -> int:
+    def count_messages(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> int:
         """With the model's own chat template when its directory has one (what the engine will send)."""
         templated = self._templated()
         if templated is None:
-            return super().count_messages(messages)
+            return super().count_messages(messages, tools)
         plain = [{**m, "content": "\n".join(text_parts(m.get("content")))} for m in messages]
-        ids = templated.apply_chat_template(plain, add_generation_prompt=True, tokenize=True, return_dict=True)
+        try:
+            ids = templated.apply_chat_template(
+                plain, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+        except Exception:  # messages the template refuses (the engine says why); the estimate will do here
+            return super().count_messages(messages, tools)
         return len(ids["input_ids"])
 
     def _templated(self) -> Any:

@@ -20,12 +20,13 @@ from mxn.engines.local import loader
 from mxn.engines.local.sampling import SamplingParams
 from mxn.engines.local.scheduler import DELTA, ERROR, FINISH, Job, Scheduler, Seq, generator_for, new_job
 from mxn.engines.local.text import Detokenizer, StopMatcher
+from mxn.engines.local.tools import ToolCall, ToolPlan, ToolSplitter, plan, renders_tools, template_message
 from mxn.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable, UpstreamError
 from mxn.paths import resolve_path
 from mxn.wire import usage as _usage
 
 log = logging.getLogger("mxn.local")
-_UNSUPPORTED = {"tools": "tool calls", "response_format": "response_format", "use_beam_search": "beam search"}
+_UNSUPPORTED = {"response_format": "response_format", "use_beam_search": "beam search"}
 
 
 @dataclass
@@ -37,6 +38,7 @@ class CausalLM:
     eos_ids: frozenset[int]
     defaults: dict[str, Any]
     has_template: bool
+    tools: bool  # its chat template shows tools to the model
     warned_template: bool = False  # the model has no chat template: said once, in the log
 
 
@@ -105,7 +107,9 @@ class LocalEngine(Engine):
             max_waiting=int(self.options.get("max_waiting", 64)),
         )
         context = int(getattr(model.config, "max_position_embeddings", 0) or tok.model_max_length)
-        return CausalLM(model, tok, scheduler, context, eos_ids, defaults, bool(tok.chat_template))
+        with loader.LOAD_LOCK:  # the probe's first template render imports lazily, as loads do
+            tools = renders_tools(tok)
+        return CausalLM(model, tok, scheduler, context, eos_ids, defaults, bool(tok.chat_template), tools)
 
     @property
     def ready(self) -> bool:
@@ -118,6 +122,13 @@ class LocalEngine(Engine):
     @property
     def failed(self) -> bool:
         return self._loaded.done() and self._loaded.exception() is not None
+
+    @property
+    def unsupported(self) -> frozenset[str]:
+        if not self._loaded.done() or self._loaded.exception() is not None:
+            return frozenset()  # not known yet: a request that comes first is refused by _start
+        rt = self._loaded.result()
+        return frozenset() if isinstance(rt, CausalLM) and rt.tools else frozenset({"tools"})
 
     def stats(self) -> dict[str, Any]:
         """Live state for /admin: sequences decoding now, waiting, decode steps taken."""
@@ -158,7 +169,7 @@ class LocalEngine(Engine):
         return ServiceUnavailable(f"endpoint {self.config.id} was removed or changed", code="engine_closed")
 
     # --- generation ---
-    async def _start(self, route: str, body: dict[str, Any]) -> tuple[Job, int, bool]:
+    async def _start(self, route: str, body: dict[str, Any]) -> tuple[Job, int, bool, ToolPlan | None]:
         rt = await self._runtime()
         if route == "embeddings" or not isinstance(rt, CausalLM):
             raise InvalidRequest(f"this endpoint serves {'embeddings' if isinstance(rt, Encoder) else 'generation'}")
@@ -167,18 +178,30 @@ class LocalEngine(Engine):
                 raise InvalidRequest(f"the local engine does not support {what}", param=name)
         if body.get("logprobs"):
             raise InvalidRequest("the local engine does not return logprobs", param="logprobs")
-        prompts = _prompts(rt, route, body)
+        chat = route == "chat/completions"
+        if chat and body.get("tools") and not rt.tools:
+            raise InvalidRequest(
+                "this model's chat template does not support tools", param="tools", code="unsupported_parameter"
+            )
+        tools = plan(body) if chat else ToolPlan(None)
+        prompts = _prompts(rt, route, body, tools)
+        # A forced call's opening is written for the model; it counts against the answer's max_tokens.
+        opening = rt.tokenizer(tools.prefix, add_special_tokens=False)["input_ids"] if tools.prefix else []
+        prompts = [ids + opening for ids in prompts]
         job = new_job()
         n = int(body.get("n") or 1)
         for p, ids in enumerate(prompts):
             for i in range(n):
-                job.seqs.append(self._seq(rt, job, p * n + i, ids, body, i))
+                job.seqs.append(self._seq(rt, job, p * n + i, ids, body, i, len(opening)))
         rt.scheduler.submit(job)
-        return job, sum(len(ids) for ids in prompts), route == "chat/completions"
+        return job, sum(len(ids) for ids in prompts), chat, tools if tools.tools else None
 
-    def _seq(self, rt: CausalLM, job: Job, index: int, ids: list[int], body: dict[str, Any], nth: int) -> Seq:
+    def _seq(
+        self, rt: CausalLM, job: Job, index: int, ids: list[int], body: dict[str, Any], nth: int, written: int = 0
+    ) -> Seq:
         room = rt.context_length - len(ids)
-        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or room
+        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or room + written
+        wanted = max(1, wanted - written)
         if room <= 0 or wanted > room:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {rt.context_length} tokens; the prompt has {len(ids)} and "
@@ -213,7 +236,7 @@ class LocalEngine(Engine):
     async def call(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         if route == "embeddings":
             return await self._embed(body)
-        job, prompt_tokens, chat = await self._start(route, body)
+        job, prompt_tokens, chat, tools = await self._start(route, body)
         texts: dict[int, list[str]] = {s.index: [] for s in job.seqs}
         finished: dict[int, tuple[str, int]] = {}
         try:
@@ -229,15 +252,19 @@ class LocalEngine(Engine):
             job.cancelled = len(finished) < len(job.seqs)
         choices = []
         for index in sorted(texts):
-            text = "".join(texts[index])
-            content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-            choices.append({"index": index, **content, "finish_reason": finished[index][0]})
+            text, reason = "".join(texts[index]), finished[index][0]
+            if tools is not None:
+                message, reason = _with_calls(text, tools, reason)
+                content: dict[str, Any] = {"message": message}
+            else:
+                content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            choices.append({"index": index, **content, "finish_reason": reason})
         completion = sum(count for _, count in finished.values())
         return {"choices": choices, "usage": _usage(prompt_tokens, completion)}
 
     async def open_stream(self, route: str, body: dict[str, Any]) -> LocalStream:
-        job, prompt_tokens, chat = await self._start(route, body)
-        return LocalStream(job, prompt_tokens, chat)
+        job, prompt_tokens, chat, tools = await self._start(route, body)
+        return LocalStream(job, prompt_tokens, chat, tools)
 
     # --- embeddings ---
     async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -290,12 +317,27 @@ def _encode(rt: Encoder, texts: list[str]) -> tuple[torch.Tensor, int]:
         return vectors, int(enc["attention_mask"].sum())
 
 
-def _prompts(rt: CausalLM, route: str, body: dict[str, Any]) -> list[list[int]]:
+def _with_calls(text: str, tools: ToolPlan, reason: str) -> tuple[dict[str, Any], str]:
+    """A whole answer's message with the calls its text holds; finish_reason `tool_calls` when it made any."""
+    splitter = ToolSplitter(tools.prefix)
+    parts = splitter.feed(text) + splitter.finish()
+    calls = [p.openai() for p in parts if isinstance(p, ToolCall)]
+    content = "".join(p for p in parts if isinstance(p, str))
+    if not calls:
+        return {"role": "assistant", "content": content}, reason
+    reason = "tool_calls" if reason == "stop" else reason
+    return {"role": "assistant", "content": content or None, "tool_calls": calls}, reason
+
+
+def _prompts(rt: CausalLM, route: str, body: dict[str, Any], tools: ToolPlan) -> list[list[int]]:
     tok = rt.tokenizer
     if route == "chat/completions":
-        messages = [{**m, "content": _text(m.get("content"))} for m in body.get("messages") or []]
+        messages = [template_message({**m, "content": _text(m.get("content"))}) for m in body.get("messages") or []]
         if rt.has_template:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            try:
+                text = tok.apply_chat_template(messages, tools=tools.tools, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # jinja's TemplateError, or a template's raise_exception(): the messages
+                raise InvalidRequest(f"the model's chat template refused the messages: {exc}", param="messages")
         else:
             # No template in the model directory: a plain transcript that any base model can continue.
             if not rt.warned_template:
@@ -320,10 +362,16 @@ def _text(content: Any) -> str:
 
 
 class LocalStream(ChunkStream):
-    """OpenAI-shaped chunks from a job's events, as they happen; closing it cancels the job."""
+    """OpenAI-shaped chunks from a job's events, as they happen; closing it cancels the job.
 
-    def __init__(self, job: Job, prompt_tokens: int, chat: bool) -> None:
+    With tools, each choice's text passes a `ToolSplitter`: text goes on as it comes (less a possible tag's
+    beginning), a call goes as two `tool_calls` deltas once its block is closed: its id and name, then its arguments.
+    """
+
+    def __init__(self, job: Job, prompt_tokens: int, chat: bool, tools: ToolPlan | None = None) -> None:
         self.job, self.prompt_tokens, self.chat = job, prompt_tokens, chat
+        self.splitters = {s.index: ToolSplitter(tools.prefix) for s in job.seqs} if tools is not None else {}
+        self.calls: dict[int, int] = {}  # per choice, the index of its last call
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -347,14 +395,36 @@ class LocalStream(ChunkStream):
                     "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
                 }
             if kind == DELTA:
-                yield {"choices": [self._choice(index, payload, None)]}
+                if index in self.splitters:
+                    for chunk in self._parts(index, self.splitters[index].feed(payload)):
+                        yield chunk
+                else:
+                    yield {"choices": [self._choice(index, payload, None)]}
             elif kind == FINISH:
                 reason, count = payload
                 done[index] = count
+                if index in self.splitters:
+                    splitter = self.splitters[index]
+                    for chunk in self._parts(index, splitter.finish()):
+                        yield chunk
+                    reason = "tool_calls" if splitter.calls and reason == "stop" else reason
                 yield {"choices": [self._choice(index, None, reason)]}
             elif kind == ERROR:
                 raise UpstreamError(payload)
         yield {"choices": [], "usage": _usage(self.prompt_tokens, sum(done.values()))}
+
+    def _parts(self, index: int, parts: list[str | ToolCall]) -> list[dict[str, Any]]:
+        chunks = []
+        for part in parts:
+            if isinstance(part, str):
+                chunks.append({"choices": [self._choice(index, part, None)]})
+                continue
+            self.calls[index] = k = self.calls.get(index, -1) + 1
+            head = {"index": k, "id": part.id, "type": "function", "function": {"name": part.name, "arguments": ""}}
+            args = {"index": k, "function": {"arguments": part.arguments}}
+            for call in (head, args):
+                chunks.append({"choices": [{"index": index, "delta": {"tool_calls": [call]}, "finish_reason": None}]})
+        return chunks
 
     async def aclose(self) -> None:
         self.job.cancelled = True

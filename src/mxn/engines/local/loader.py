@@ -18,8 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # transformers builds models under process-wide state (meta-device init, default dtype): two loads at
-# once in two threads can leave one model with meta tensors. Loads take turns.
-_LOAD_LOCK = threading.Lock()
+# once in two threads can leave one model with meta tensors. Loads take turns, and so do the imports: its
+# lazy module, imported from two threads at once, can fail one of them ("cannot import name
+# 'AutoModelForCausalLM'").
+LOAD_LOCK = threading.Lock()
 
 
 def _quiet_transformers() -> None:
@@ -76,10 +78,10 @@ def hardware(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with LOAD_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
-    with _LOAD_LOCK:
+        _quiet_transformers()
         tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         model.to(device).eval()
@@ -87,10 +89,10 @@ def load_causal_lm(path: Path, device: torch.device, dtype: torch.dtype) -> tupl
 
 
 def load_encoder(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
+    with LOAD_LOCK:
+        from transformers import AutoModel, AutoTokenizer
 
-    _quiet_transformers()
-    with _LOAD_LOCK:
+        _quiet_transformers()
         tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModel.from_pretrained(path, dtype=dtype)
         model.to(device).eval()

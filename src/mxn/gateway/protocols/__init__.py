@@ -5,5 +5,7 @@ from mxn.gateway.protocols.base import Protocol
 from mxn.gateway.protocols.chat import CHAT
 from mxn.gateway.protocols.completions import COMPLETIONS
 from mxn.gateway.protocols.embeddings import EMBEDDINGS
+from mxn.gateway.protocols.messages import MESSAGES
+from mxn.gateway.protocols.responses import RESPONSES
 
-__all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "Protocol"]
+__all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "MESSAGES", "RESPONSES", "Protocol"]
