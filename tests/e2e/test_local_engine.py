@@ -231,3 +231,31 @@ def test_local_engine_rejects_what_it_cannot_do(local: Server) -> None:
             json={"model": DEMO, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000},
         )
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_responses_and_messages_on_the_embedded_engine(local: Server) -> None:
+    """The Responses and Anthropic Messages APIs over the embedded engine: the same greedy answer as chat gives,
+    whole and streamed, with exact usage, and a second turn by previous_response_id that carries the first."""
+    import anthropic
+
+    kw = {"temperature": 0, "max_tokens": 24}
+    expected = chat(local, "What is mxn?", **kw)
+    oa = client(local)
+    first = oa.responses.create(model=DEMO, input="What is mxn?", temperature=0, max_output_tokens=24)
+    assert first.output_text == expected and first.usage is not None
+    with oa.responses.stream(model=DEMO, input="What is mxn?", temperature=0, max_output_tokens=24) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == expected == final.output_text and len(deltas) > 3
+    second = oa.responses.create(model=DEMO, previous_response_id=first.id, input="Thanks", max_output_tokens=8)
+    assert second.usage is not None and second.usage.input_tokens > first.usage.input_tokens + 5
+
+    claude = anthropic.Anthropic(base_url=local.url, api_key=local.key, max_retries=0, timeout=120)
+    question = [{"role": "user", "content": "What is mxn?"}]
+    message = claude.messages.create(model=DEMO, max_tokens=24, messages=question, extra_body={"temperature": 0})  # type: ignore[arg-type]
+    assert message.content[0].type == "text" and message.content[0].text == expected
+    assert message.usage.input_tokens == first.usage.input_tokens
+    with claude.messages.stream(model=DEMO, max_tokens=24, messages=question, extra_body={"temperature": 0}) as s:  # type: ignore[arg-type]
+        pieces = list(s.text_stream)
+        streamed = s.get_final_message()
+    assert "".join(pieces) == expected and streamed.usage.output_tokens == message.usage.output_tokens
