@@ -178,16 +178,49 @@ def wrk(
     }
 
 
+LAG = re.compile(r'^mxn_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)$', re.M)
+
+
+def loop_lag(url: str) -> dict[float, float] | None:
+    """mxn's event-loop lag histogram (`/metrics`): cumulative counts by upper bound; None for other targets."""
+    base = url.split("/v1/", 1)[0]
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    found = {float(le): float(n) for le, n in LAG.findall(text)}
+    return found or None
+
+
+def lag_percentiles(before: dict[float, float] | None, after: dict[float, float] | None) -> dict[str, float | None]:
+    """p50 and p99 of the loop lag during a load, in ms, as the histogram's bucket bounds (an upper estimate)."""
+    if not before or not after:
+        return {"loop_lag_p50_ms": None, "loop_lag_p99_ms": None}
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1]
+
+    def at(q: float) -> float | None:
+        if not total:
+            return None
+        b = next(b for b, n in zip(bounds, counts, strict=True) if n >= q * total)
+        return None if b == float("inf") else round(b * 1000, 2)
+
+    return {"loop_lag_p50_ms": at(0.5), "loop_lag_p99_ms": at(0.99)}
+
+
 def measure(name: str, url: str, key: str | None, pid: int | None, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for stream in (False, True):
         for c in args.concurrency:
             wrk(url, key, stream, c, 1.0)  # warm-up: connections, caches, JIT-free but lazy imports
             pids = tree(pid) if pid else []
+            lag = loop_lag(url) if name.startswith("mxn") else None
             before, start = cpu_seconds(pids), time.monotonic()
             r = wrk(url, key, stream, c, args.duration)
             elapsed = time.monotonic() - start
             cpu = (cpu_seconds(pids) - before) / elapsed if pid else None
+            lags = lag_percentiles(lag, loop_lag(url) if lag else None)
             rows.append(
                 {
                     "target": name,
@@ -197,6 +230,7 @@ def measure(name: str, url: str, key: str | None, pid: int | None, args: argpars
                     "gateway_cpu": round(cpu, 3) if cpu is not None else None,
                     "rps_per_core": round(r["rps"] / cpu) if cpu else None,
                     "rss_mib": round(rss_mib(pids), 1) if pid else None,
+                    **lags,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -639,13 +673,16 @@ def main() -> None:
 
 def print_tables(report: dict[str, Any]) -> None:
     print(
-        "\n| target | mode | conc | req/s | p50 ms | p99 ms | added p50 ms | gateway CPU | req/s per core | RSS MiB |"
+        "\n| target | mode | conc | req/s | p50 ms | p99 ms | added p50 ms | gateway CPU | req/s per core | RSS MiB "
+        "| loop lag p50 / p99 ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in report["results"]:
+        lag = f"{r.get('loop_lag_p50_ms')} / {r.get('loop_lag_p99_ms')}" if r.get("loop_lag_p50_ms") else ""
         print(
             f"| {r['target']} | {r['mode']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['added_p50_ms']} | {r['gateway_cpu']} | {r['rps_per_core']} | {r['rss_mib']} |"
+            f"{r['p99_ms']:.2f} | {r['added_p50_ms']} | {r['gateway_cpu']} | {r['rps_per_core']} | {r['rss_mib']} "
+            f"| {lag} |"
         )
     print("\n| goal | this run | met |\n|---|---:|---|")
     for name, g in report["goals"].items():

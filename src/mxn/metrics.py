@@ -30,6 +30,15 @@ HEALTHY = Gauge(
 )
 
 
+# How late the event loop ran a timer (`gateway.state.watch_loop`): any step that holds the loop shows here.
+LOOP_LAG = Histogram(
+    "mxn_event_loop_lag_seconds",
+    "How late the event loop woke a 50 ms timer",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+
+
 def render() -> bytes:
     return generate_latest(REGISTRY)
 

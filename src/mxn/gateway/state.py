@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mxn import metrics
 from mxn.accounts.cache import KeyCache
 from mxn.accounts.holds import Holds
 from mxn.alerts import Alerts
@@ -31,6 +32,7 @@ from mxn.usage import UsageWriter
 log = logging.getLogger("mxn")
 STORE_DOWN = "requests it must answer get 503 store_unavailable; cached keys and held balances go on"
 STORE_PROBE_TIMEOUT = 5.0
+LOOP_TICK = 0.05  # seconds between the loop-lag watcher's timers
 
 
 @dataclass
@@ -60,6 +62,7 @@ class AppState:
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
     _prober: asyncio.Task[None] | None = None
+    _watcher: asyncio.Task[None] | None = None
     # One reload at a time: two at once could leave the older snapshot in place, and the pool rebuilding engines
     # back and forth between them.
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -89,6 +92,7 @@ class AppState:
     def start_health_checks(self) -> None:
         self._checker = asyncio.create_task(self._check_loop())
         self._prober = asyncio.create_task(self._probe_store())
+        self._watcher = asyncio.create_task(watch_loop())
 
     async def check_store(self) -> bool:
         """One round trip to the store; its health follows the answer."""
@@ -117,7 +121,7 @@ class AppState:
             await asyncio.sleep(self.settings.health_interval)
 
     async def close(self) -> None:
-        for task in (self._refresher, self._checker, self._prober):
+        for task in (self._refresher, self._checker, self._prober, self._watcher):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -133,3 +137,13 @@ class AppState:
         await self.http.aclose()
         await self.upstream.close()
         await self.db.dispose()
+
+
+async def watch_loop(interval: float = LOOP_TICK) -> None:
+    """Event-loop lag into `mxn_event_loop_lag_seconds`: how much later than asked a timer fires. A request that
+    waits behind a step holding the loop waits about as long."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        metrics.LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
