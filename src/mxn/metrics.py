@@ -10,6 +10,12 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 REQUESTS = Counter("mxn_requests_total", "Requests by cell and outcome", (*_CELL, "status"), registry=REGISTRY)
+ROUTES = Counter(
+    "mxn_route_requests_total",
+    "Requests by front-end protocol (chat/completions, completions, embeddings, responses, messages) and outcome",
+    ("route", "status"),
+    registry=REGISTRY,
+)
 ERRORS = Counter("mxn_errors_total", "Failed requests by cell and error code", (*_CELL, "code"), registry=REGISTRY)
 LATENCY = Histogram("mxn_request_seconds", "Request latency", _CELL, buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 TTFT = Histogram("mxn_ttft_seconds", "Time to first token", _CELL, buckets=_TTFT_BUCKETS, registry=REGISTRY)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from mxn import audit, engines, services
+from mxn import audit, engines, metrics, services
 from mxn.app import create_app
 from mxn.catalog.apply import apply_catalog
 from mxn.catalog.loader import parse_catalog
@@ -262,3 +262,23 @@ async def test_input_moderation_refuses_and_output_moderation_cuts(gateway: Any)
     assert "engine" not in text and chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     rows = await usage(state)
     assert [u.error for u in rows] == ["content_filter", "content_filter", "content_filter"]
+
+
+async def test_every_protocol_is_settled_and_counted_under_its_own_route(gateway: Any) -> None:
+    client, state, key = gateway
+
+    def count(route: str) -> float:
+        found = metrics.REGISTRY.get_sample_value("mxn_route_requests_total", {"route": route, "status": "200"})
+        return found or 0.0
+
+    routes = ("chat/completions", "responses", "messages")
+    before = {r: count(r) for r in routes}
+    r = await client.post("/v1/chat/completions", json={"model": "failover", "messages": MSG}, headers=auth(key))
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/responses", json={"model": "failover", "input": "hi there"}, headers=auth(key))
+    assert r.status_code == 200 and r.json()["output"][0]["content"][0]["text"] == "".join(ANSWER), r.text
+    body = {"model": "failover", "max_tokens": 16, "messages": MSG}
+    r = await client.post("/v1/messages", json=body, headers={"x-api-key": key})
+    assert r.status_code == 200 and r.json()["content"][0]["text"] == "".join(ANSWER), r.text
+    assert {route: count(route) - before[route] for route in routes} == dict.fromkeys(routes, 1.0)
+    assert [u.route for u in await usage(state)] == list(routes)

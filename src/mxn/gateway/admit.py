@@ -80,6 +80,7 @@ class Admission:
         p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id
         latency = time.perf_counter() - self.started
         metrics.REQUESTS.labels(model, chip, str(status)).inc()
+        metrics.ROUTES.labels(self.route, str(status)).inc()
         metrics.LATENCY.labels(model, chip).observe(latency)
         if self.ttft_ms is not None:
             metrics.TTFT.labels(model, chip).observe(self.ttft_ms / 1000)
@@ -114,6 +115,7 @@ async def _refused(
     """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
     metrics.LIMITED.labels(scope, limit).inc()
     metrics.REQUESTS.labels(cell.model.name, cell.chip.id, "429").inc()
+    metrics.ROUTES.labels(route, "429").inc()
     await state.usage.add(
         record(
             user_id=principal.user_id,
