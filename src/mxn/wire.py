@@ -22,6 +22,11 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """A server-sent event with its `event:` line, as the Responses and Anthropic streams name theirs."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 # --- ids ---
 # Unique across replicas and restarts without asking the OS for randomness on every request.
 _PROCESS = secrets.token_hex(6)

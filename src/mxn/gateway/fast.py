@@ -14,7 +14,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mxn.errors import MxnError
 from mxn.gateway import pipeline, responses
 from mxn.gateway.openapi import request_body
 from mxn.gateway.protocols import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, Protocol
@@ -85,10 +84,6 @@ class FastRoutes:
 
     async def _answer(self, route: Route, ref: pipeline.CellRef, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        try:
-            response = await pipeline.handle(route.protocol, request, ref)
-        except MxnError as exc:
-            response = route.protocol.error_response(exc)
-        except Exception as exc:  # answered as the app's own handler answers it: logged, never shown
-            response = await responses.on_unexpected(request, exc, route.protocol.error_response)
+        work = pipeline.handle(route.protocol, request, ref)
+        response = await responses.rendered(request, work, route.protocol.error_response)
         await response(scope, receive, send)

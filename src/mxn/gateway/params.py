@@ -68,9 +68,14 @@ def prepare_chat(
     req.check()
     if prompt_tokens is None:
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        tools = req.tools if req.tool_choice != "none" else None  # what the template shows the model
-        prompt_tokens = cell.model.tokenizer.count_messages(messages, tools)
+        prompt_tokens = chat_prompt_tokens(cell, messages, req.tools, req.tool_choice)
     return _prepare(req, raw, cell, prompt_tokens, prompt_tokens, req.n or 1)
+
+
+def chat_prompt_tokens(cell: Cell, messages: list[dict[str, Any]], tools: Any, tool_choice: Any) -> int:
+    """Prompt tokens of a chat request: its messages, and the tools the template shows the model (none under
+    `tool_choice: "none"`)."""
+    return cell.model.tokenizer.count_messages(messages, tools if tool_choice != "none" else None)
 
 
 def prepare_completion(req: CompletionRequest, raw: dict[str, Any], cell: Cell) -> Prepared:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from fastapi.exceptions import RequestValidationError
@@ -68,6 +68,17 @@ def store_unavailable(request: Request, exc: BaseException, render: Render = err
             "the store is not reachable; try again shortly", code="store_unavailable", headers={"retry-after": "2"}
         )
     )
+
+
+async def rendered(request: Request, work: Awaitable[Response], render: Render) -> Response:
+    """`work`'s response, or its failure in the shape `render` gives (a protocol's own), as the app's handlers
+    would answer it: an mxn error as it is, anything else logged and never shown."""
+    try:
+        return await work
+    except MxnError as exc:
+        return render(exc)
+    except Exception as exc:
+        return await on_unexpected(request, exc, render)
 
 
 async def on_unexpected(request: Request, exc: Exception, render: Render = error_response) -> Response:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from mxn import metrics
-from mxn.errors import ModelNotFound, MxnError, NotFound, ServiceUnavailable
+from mxn.errors import ModelNotFound, NotFound, ServiceUnavailable
 from mxn.gateway import fast, pipeline, responses, stored, views
 from mxn.gateway.auth import api_principal
 from mxn.gateway.body import validate
@@ -152,13 +152,11 @@ async def maas_models(model: str, chip: str, request: Request) -> Response:
 
 # --- Anthropic's token count, on /v1 (the cell in `model`) and on a cell's base URL; errors in Anthropic's shape ---
 async def _count_tokens(request: Request, ref: pipeline.CellRef) -> Response:
-    try:
+    async def count() -> Response:
         _principal, raw, cell = await pipeline.begin(request, ref)
         return json_response({"input_tokens": MESSAGES.count_tokens(raw, cell)})
-    except MxnError as exc:
-        return MESSAGES.error_response(exc)
-    except Exception as exc:
-        return await responses.on_unexpected(request, exc, MESSAGES.error_response)
+
+    return await responses.rendered(request, count(), MESSAGES.error_response)
 
 
 _COUNT_BODY = request_body(CountTokensRequest)

@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 
 from mxn.gateway.state import AppState
 from mxn.store.db import unreachable
@@ -52,29 +52,23 @@ async def keep(state: AppState, user_id: int, response: dict[str, Any], items: l
     return True
 
 
+def _own(user_id: int, response_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The user's own unexpired response with this id: anyone else's, or an expired one, is not there."""
+    now = datetime.now(UTC)
+    return StoredResponse.id == response_id, StoredResponse.user_id == user_id, StoredResponse.expires_at > now
+
+
 async def find(state: AppState, user_id: int, response_id: str) -> StoredResponse | None:
     """The user's own unexpired response with this id, or None."""
     async with state.sessions() as s:
-        row = await s.scalar(
-            select(StoredResponse).where(
-                StoredResponse.id == response_id,
-                StoredResponse.user_id == user_id,
-                StoredResponse.expires_at > datetime.now(UTC),
-            )
-        )
+        row = await s.scalar(select(StoredResponse).where(*_own(user_id, response_id)))
     return row
 
 
 async def remove(state: AppState, user_id: int, response_id: str) -> bool:
     """Delete the user's own response; False when there was none to delete."""
     async with state.sessions() as s, s.begin():
-        done = await s.execute(
-            delete(StoredResponse).where(
-                StoredResponse.id == response_id,
-                StoredResponse.user_id == user_id,
-                StoredResponse.expires_at > datetime.now(UTC),
-            )
-        )
+        done = await s.execute(delete(StoredResponse).where(*_own(user_id, response_id)))
     return bool(getattr(done, "rowcount", 0))
 
 

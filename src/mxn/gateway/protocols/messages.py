@@ -17,11 +17,11 @@ from starlette.responses import Response
 from mxn.catalog.registry import Cell
 from mxn.errors import InvalidRequest, MxnError, UpstreamError
 from mxn.gateway.body import UnknownFields, validate
-from mxn.gateway.params import Prepared, prepare_chat
+from mxn.gateway.params import Prepared, chat_prompt_tokens, prepare_chat
 from mxn.gateway.protocols.base import Protocol, need_generative
 from mxn.protocol import anthropic as a
 from mxn.protocol.openai import ChatCompletionRequest
-from mxn.wire import request_id
+from mxn.wire import json_response, request_id, sse_event
 
 if TYPE_CHECKING:
     from mxn.gateway.pipeline import Call
@@ -145,9 +145,8 @@ def chat_tools(req: a.CountTokensRequest) -> dict[str, Any]:
 
 
 def prompt_tokens(messages: list[dict[str, Any]], tools: dict[str, Any], cell: Cell) -> int:
-    """As /v1 chat counts them: the messages with the model's tokenizer, and the tools the model is shown."""
-    shown = tools.get("tools") if tools.get("tool_choice") != "none" else None
-    return cell.model.tokenizer.count_messages(messages, shown)
+    """As /v1 chat counts them (`params.chat_prompt_tokens`)."""
+    return chat_prompt_tokens(cell, messages, tools.get("tools"), tools.get("tool_choice"))
 
 
 def _forwarded(req: a.MessagesRequest, unknown: UnknownFields) -> dict[str, Any]:
@@ -201,10 +200,6 @@ def _input(arguments: Any) -> dict[str, Any]:
     return parsed
 
 
-def event(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
 class _Blocks:
     """A stream's content blocks, opened and closed in order as text and tool-call deltas arrive."""
 
@@ -217,11 +212,11 @@ class _Blocks:
         out = self.close()
         self.index += 1
         self.open = key
-        return [*out, event("content_block_start", {"type": "content_block_start", "index": self.index,
+        return [*out, sse_event("content_block_start", {"type": "content_block_start", "index": self.index,
                                                     "content_block": block})]  # fmt: skip
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+        return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
 
     def text(self, text: str) -> list[bytes]:
         out = [] if self.open == "text" else self._start("text", {"type": "text", "text": ""})
@@ -247,14 +242,14 @@ class _Blocks:
         if self.open is None:
             return []
         self.open = None
-        return [event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        return [sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
 
 
 class Messages(Protocol):
     name = "messages"
     route = "chat/completions"
     kind = "chat"
-    ping: ClassVar[bytes] = event("ping", {"type": "ping"})
+    ping: ClassVar[bytes] = sse_event("ping", {"type": "ping"})
 
     def prepare(self, raw: dict[str, Any], cell: Cell, unknown: UnknownFields) -> Prepared:
         need_generative(cell)
@@ -331,7 +326,7 @@ class Messages(Protocol):
             "stop_sequence": None,
             "usage": {"input_tokens": call.prepared.prompt_tokens, "output_tokens": 0},
         }
-        yield event("message_start", {"type": "message_start", "message": message})
+        yield sse_event("message_start", {"type": "message_start", "message": message})
         yield self.ping
         blocks = _Blocks()
         finish: str | None = None
@@ -354,18 +349,18 @@ class Messages(Protocol):
         if reason == "refusal":
             stopped["stop_details"] = REFUSAL
         usage = _usage(call.norm.usage())
-        yield event("message_delta", {"type": "message_delta", "delta": stopped, "usage": usage})
-        yield event("message_stop", {"type": "message_stop"})
+        yield sse_event("message_delta", {"type": "message_delta", "delta": stopped, "usage": usage})
+        yield sse_event("message_stop", {"type": "message_stop"})
 
     def stream_error(self, exc: MxnError) -> bytes:
-        return event("error", error_body(exc)[1])
+        return sse_event("error", error_body(exc)[1])
 
     def stream_end(self) -> bytes:
         return b""  # Anthropic's stream has no [DONE]: message_stop, or an error event, is its end
 
     def error_response(self, exc: MxnError) -> Response:
         status, body = error_body(exc)
-        return Response(orjson.dumps(body), status_code=status, headers=exc.headers, media_type="application/json")
+        return json_response(body, status, exc.headers)
 
 
 def error_body(exc: MxnError) -> tuple[int, dict[str, Any]]:

@@ -13,8 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from mxn.catalog.registry import Cell
 from mxn.errors import ContextLengthExceeded, MxnError, NotFound, UpstreamError
 from mxn.gateway import stored
@@ -33,6 +31,7 @@ from mxn.protocol.responses import (
     response_object,
     usage,
 )
+from mxn.wire import sse_event
 
 if TYPE_CHECKING:
     from mxn.gateway.pipeline import Call
@@ -87,7 +86,8 @@ class Responses(Protocol):
                     "completed",
                 )
             )
-        return _response(call, new_id("resp"), int(time.time()), status, output, usage(body["usage"]), incomplete)
+        used = usage(body["usage"])
+        return _response(call, new_id("resp"), int(time.time()), status, output, usage=used, incomplete=incomplete)
 
     async def keep(self, out: dict[str, Any], call: Call) -> None:
         if not out["store"]:
@@ -129,27 +129,13 @@ RESPONSES = Responses()
 
 
 def _response(
-    call: Call,
-    response_id: str,
-    created_at: int,
-    status: str,
-    output: list[dict[str, Any]],
-    used: dict[str, Any] | None = None,
-    incomplete: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
+    call: Call, response_id: str, created_at: int, status: str, output: list[dict[str, Any]], **fields: Any
 ) -> dict[str, Any]:
+    """`response_object` for this call: its request echoed, the model's defaults filled in; `fields` the rest."""
     return response_object(
-        call.raw,
-        call.prepared.body,
-        response_id=response_id,
-        created_at=created_at,
-        model=call.cell.model.name,
-        status=status,
-        output=output,
-        usage=used,
-        incomplete=incomplete,
-        error=error,
-    )
+        call.raw, call.prepared.body, response_id=response_id, created_at=created_at, model=call.cell.model.name,
+        status=status, output=output, **fields,
+    )  # fmt: skip
 
 
 class _Stream:
@@ -169,7 +155,7 @@ class _Stream:
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        return sse_event(kind, data)
 
     def snapshot(self, status: str = "in_progress", **extra: Any) -> dict[str, Any]:
         return _response(self.call, self.id, self.created, status, list(self.output), **extra)
@@ -264,12 +250,12 @@ class _Stream:
 
     def final(self) -> dict[str, Any]:
         status, incomplete = outcome(self.finish, self.call.blocked)
-        return self.snapshot(status, used=usage(self.call.norm.usage()), incomplete=incomplete)
+        return self.snapshot(status, usage=usage(self.call.norm.usage()), incomplete=incomplete)
 
     def failed(self, exc: MxnError) -> bytes:
         code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
         error = {"code": code, "message": exc.message}
         body = exc.body()["error"]
         return self.event("error", code=body["code"], message=body["message"], param=body["param"]) + self.event(
-            "response.failed", response=self.snapshot("failed", used=usage(self.call.norm.usage()), error=error)
+            "response.failed", response=self.snapshot("failed", usage=usage(self.call.norm.usage()), error=error)
         )
