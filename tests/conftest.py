@@ -142,6 +142,25 @@ def start_serve(log: Path, database_url: str, *args: str, env: dict[str, str] | 
     return start(cmd, f"http://127.0.0.1:{port}/readyz", log, env=env)
 
 
+# One cell, `m@cpu`, with one endpoint: what the failure tests (outages, a killed replica) serve.
+ONE_CELL = """\
+models:
+  - {name: m, context_length: 4096, tokenizer: "tiktoken:gpt2", kind: chat}
+deployments:
+  - model: m
+    chip: cpu
+    endpoints: [{url: "%s"}]
+"""
+# A group whose limits are far above any test's load: what refuses then is the fault, never a limit.
+BIG_GROUP = {"name": "big", "rpm": 10**6, "rpd": 10**9, "tpm": 10**9, "concurrency": 1000}
+
+
+def one_cell_catalog(tmp: Path, upstream_url: str) -> Path:
+    path = tmp / "catalog.yaml"
+    path.write_text(ONE_CELL % upstream_url)
+    return path
+
+
 def start_upstream(tmp: Path, mode: str, *extra: str, port: int | None = None) -> Proc:
     port = port or free_port()
     cmd = [sys.executable, str(ROOT / "tests/fakes/upstream.py"), "--port", str(port), "--mode", mode, *extra]

@@ -12,18 +12,10 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import Proc, pg_database, start_serve, start_upstream, wait_for
+from tests.conftest import BIG_GROUP, Proc, one_cell_catalog, pg_database, start_serve, start_upstream, wait_for
 from tests.stores import PrivateRedis
 
 ADMIN = "sk-admin-redis-outage-test"
-CATALOG = """\
-models:
-  - {name: m, context_length: 4096, tokenizer: "tiktoken:gpt2", kind: chat}
-deployments:
-  - model: m
-    chip: cpu
-    endpoints: [{url: "%s"}]
-"""
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
 OUTAGE = 10.0
 MAX_REQUESTS = 1000  # during the outage, whatever the pace
@@ -35,8 +27,7 @@ RPM = 40
 def accounts(url: str, keys: dict[str, dict[str, int]]) -> dict[str, str]:
     """A user in a group with limits far above this load, and keys of it with these limits of their own."""
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as admin:
-        big = {"name": "big", "rpm": 10**6, "rpd": 10**9, "tpm": 10**9, "concurrency": 1000}
-        assert admin.post("/admin/groups", json=big).status_code == 201
+        assert admin.post("/admin/groups", json=BIG_GROUP).status_code == 201
         assert admin.post("/admin/users", json={"name": "u", "quota": 10**9, "group": "big"}).status_code == 201
         made = {}
         for name, limits in keys.items():
@@ -89,7 +80,7 @@ def test_redis_down_for_10s_local_replicas_keep_within_their_shares_and_shared_l
     private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     upstream = start_upstream(tmp_path, "sse")
-    (tmp_path / "catalog.yaml").write_text(CATALOG % upstream.url)
+    catalog = one_cell_catalog(tmp_path, upstream.url)
     procs: list[Proc] = []
     try:
         for database_url in pg_database():
@@ -100,7 +91,7 @@ def test_redis_down_for_10s_local_replicas_keep_within_their_shares_and_shared_l
                             tmp_path / f"serve{i}.log",
                             database_url,
                             "--catalog",
-                            str(tmp_path / "catalog.yaml"),
+                            str(catalog),
                             env=env(tmp_path, private_redis.url),
                         )
                     )
@@ -166,12 +157,12 @@ def test_redis_down_for_10s_closed_refuses_limited_requests_with_503_and_serves_
     private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     upstream = start_upstream(tmp_path, "sse")
-    (tmp_path / "catalog.yaml").write_text(CATALOG % upstream.url)
+    catalog = one_cell_catalog(tmp_path, upstream.url)
     serve = start_serve(
         tmp_path / "serve.log",
         f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}",
         "--catalog",
-        str(tmp_path / "catalog.yaml"),
+        str(catalog),
         env=env(tmp_path, private_redis.url, MXN_LIMITS_WHEN_REDIS_DOWN="closed"),
     )
     try:

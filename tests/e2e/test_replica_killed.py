@@ -22,19 +22,11 @@ from sqlalchemy import func, select
 
 from mxn.store.db import create_engine, sessionmaker
 from mxn.store.models import ApiKey, QuotaHold, Usage, User
-from tests.conftest import pg_database, start_serve, start_upstream, wait_for
+from tests.conftest import BIG_GROUP, one_cell_catalog, pg_database, start_serve, start_upstream, wait_for
 
 pytestmark = pytest.mark.postgres
 
 ADMIN = "sk-admin-replica-killed-test"
-CATALOG = """\
-models:
-  - {name: m, context_length: 4096, tokenizer: "tiktoken:gpt2", kind: chat}
-deployments:
-  - model: m
-    chip: cpu
-    endpoints: [{url: "%s"}]
-"""
 USER_QUOTA, KEY_QUOTA = 10**8, 5 * 10**7
 MAX_TOKENS = 16
 CLIENTS, KILL_AT, RUN_FOR = 16, 3.0, 6.0
@@ -60,7 +52,7 @@ def _store(url: str) -> dict[str, object]:
 
 def test_a_replica_killed_under_load_loses_no_usage_record_and_keeps_no_balance(redis_url: str, tmp_path: Path) -> None:
     upstream = start_upstream(tmp_path, "sse", "--delay", "0.01")  # requests are in flight at the kill
-    (tmp_path / "catalog.yaml").write_text(CATALOG % upstream.url)
+    catalog = one_cell_catalog(tmp_path, upstream.url)
     database = pg_database()
     url = next(database)
     env = {
@@ -69,14 +61,13 @@ def test_a_replica_killed_under_load_loses_no_usage_record_and_keeps_no_balance(
         "MXN_REDIS_URL": redis_url,
         "MXN_USAGE_JOURNAL_DIR": str(tmp_path / "journal"),  # shared, as by replicas on one host
     }
-    args = ("--catalog", str(tmp_path / "catalog.yaml"))
+    args = ("--catalog", str(catalog))
     replicas = []
     try:
         replicas.append(start_serve(tmp_path / "a.log", url, *args, env=env))
         replicas.append(start_serve(tmp_path / "b.log", url, *args, env=env))
         with httpx.Client(base_url=replicas[0].url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as a:
-            big = {"name": "big", "rpm": 10**6, "rpd": 10**9, "tpm": 10**9, "concurrency": 1000}
-            assert a.post("/admin/groups", json=big).status_code == 201
+            assert a.post("/admin/groups", json=BIG_GROUP).status_code == 201
             assert a.post("/admin/users", json={"name": "u", "quota": USER_QUOTA, "group": "big"}).status_code == 201
             key = a.post("/admin/keys", json={"user": "u", "quota": KEY_QUOTA}).json()["key"]
 

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_serve, start_upstream, wait_for
+from tests.conftest import BIG_GROUP, one_cell_catalog, start_serve, start_upstream, wait_for
 from tests.stores import PrivatePostgres
 
 ADMIN = "sk-admin-store-outage-test"
-CATALOG = """\
-models:
-  - {name: m, context_length: 4096, tokenizer: "tiktoken:gpt2", kind: chat}
-deployments:
-  - model: m
-    chip: cpu
-    endpoints: [{url: "%s"}]
-"""
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
 
 
@@ -28,14 +20,13 @@ def test_postgres_down_for_10s_cached_keys_with_held_balances_go_on_and_nothing_
     private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:
     upstream = start_upstream(tmp_path, "sse")
-    (tmp_path / "catalog.yaml").write_text(CATALOG % upstream.url)
+    catalog = one_cell_catalog(tmp_path, upstream.url)
     env = {"MXN_DEMO": "0", "MXN_ADMIN_KEY": ADMIN, "MXN_USAGE_JOURNAL_DIR": str(tmp_path / "journal")}
-    serve = start_serve(tmp_path / "serve.log", private_pg.url, "--catalog", str(tmp_path / "catalog.yaml"), env=env)
+    serve = start_serve(tmp_path / "serve.log", private_pg.url, "--catalog", str(catalog), env=env)
     try:
         with httpx.Client(base_url=serve.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as admin:
             # Limits far above this load: what refuses here is the store's absence, not a limit.
-            big = {"name": "big", "rpm": 10**6, "rpd": 10**9, "tpm": 10**9, "concurrency": 1000}
-            assert admin.post("/admin/groups", json=big).status_code == 201
+            assert admin.post("/admin/groups", json=BIG_GROUP).status_code == 201
             for name in ("warm", "cold"):
                 user = {"name": name, "quota": 10**9, "group": "big"}
                 assert admin.post("/admin/users", json=user).status_code == 201
