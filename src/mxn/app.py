@@ -25,7 +25,7 @@ from mxn.deploy.controller import Controller, make_placement
 from mxn.deploy.leader import Lease
 from mxn.errors import MxnError
 from mxn.gateway import admin, headers, openapi, responses, routes, user_api
-from mxn.gateway.fast import FastRoutes
+from mxn.gateway.fast import FastRoutes, Gateway
 from mxn.gateway.state import AppState
 from mxn.limits import Limiter
 from mxn.limits.auth_failures import make_throttle
@@ -110,9 +110,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Gateway:
     """The ASGI app. The store must already be migrated (`mxn serve` does it before workers start)."""
-    app = FastAPI(title="mxn", version=__version__, lifespan=lifespan)
+    app = Gateway(title="mxn", version=__version__, lifespan=lifespan)
     app.state.settings = settings or get_settings()
     app.include_router(routes.router)
     app.include_router(admin.router)  # with /admin/nodes and /admin/managed
@@ -125,8 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Handled here rather than by Exception's handler, which the server would log a traceback for as well.
         app.add_exception_handler(store_error, responses.on_unexpected)
     app.add_exception_handler(Exception, responses.on_unexpected)
-    # Added first, so innermost of the middlewares: the security headers and CORS still wrap it.
+    # Added first, so innermost of the middlewares: CORS and the security headers wrap it, for the requests that
+    # `Gateway` does not answer before the stack because CORS applies to them.
     app.add_middleware(FastRoutes)
     headers.install(app, app.state.settings)
+    app.cors = bool(app.state.settings.cors_origins)
     app.openapi = partial(openapi.document, app)  # type: ignore[method-assign]
     return app

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 REGISTRY = CollectorRegistry()
 _CELL = ("model", "chip")
@@ -47,6 +52,18 @@ LOOP_LAG = Histogram(
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+def series(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, looked up once for each distinct set: labels here are bounded (the catalogue's cells
+    and endpoints, status and error codes), and `labels()` takes a lock and checks its arguments on every call."""
+    found: M = _series(metric, labels)
+    return found
+
+
+@lru_cache(maxsize=16384)
+def _series(metric: Any, labels: tuple[str, ...]) -> Any:
+    return metric.labels(*labels)
 
 
 MODERATION = Counter(

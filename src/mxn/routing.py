@@ -146,18 +146,18 @@ class Router:
         h.in_flight += 1
         if h.breaker == HALF_OPEN:
             h.probing = True
-        metrics.IN_FLIGHT.labels(*h.labels).set(h.in_flight)
+        metrics.series(metrics.IN_FLIGHT, *h.labels).set(h.in_flight)
         return h
 
     def finished(self, h: Health) -> None:
         h.in_flight = max(0, h.in_flight - 1)
         h.probing = False  # a probe that ended without a verdict (429, 400, cancelled) frees the slot
-        metrics.IN_FLIGHT.labels(*h.labels).set(h.in_flight)
+        metrics.series(metrics.IN_FLIGHT, *h.labels).set(h.in_flight)
 
     def succeeded(self, h: Health) -> None:
         h.failures, h.probing = 0, False
         h.recent.append(True)
-        metrics.UPSTREAM.labels(*h.labels, "ok").inc()
+        metrics.series(metrics.UPSTREAM, *h.labels, "ok").inc()
         if h.breaker != CLOSED:
             self._set(h, CLOSED, "breaker closed: the endpoint answers again")
 
@@ -165,7 +165,7 @@ class Router:
         h.failures += 1
         h.probing = False
         h.recent.append(False)
-        metrics.UPSTREAM.labels(*h.labels, "error").inc()
+        metrics.series(metrics.UPSTREAM, *h.labels, "error").inc()
         rate = h.recent.count(False) / len(h.recent)
         if h.breaker == HALF_OPEN or (
             h.breaker == CLOSED
@@ -177,7 +177,7 @@ class Router:
 
     def _set(self, h: Health, breaker: str, what: str) -> None:
         h.breaker = breaker
-        metrics.BREAKER.labels(*h.labels).set(_BREAKER_GAUGE[breaker])
+        metrics.series(metrics.BREAKER, *h.labels).set(_BREAKER_GAUGE[breaker])
         h.note(what)
 
     def _down(self, h: Health, why: str) -> None:
@@ -197,7 +197,7 @@ class Router:
     async def _check(self, cell: Cell, e: EndpointInfo, client: httpx.AsyncClient) -> None:
         h = self.of(cell, e)
         ok = await _probe(e, client)
-        metrics.HEALTHY.labels(*h.labels).set(1 if ok else 0)
+        metrics.series(metrics.HEALTHY, *h.labels).set(1 if ok else 0)
         if ok != h.healthy:
             h.healthy = ok
             h.note("health check passed: back in rotation" if ok else "health check failed: out of rotation")

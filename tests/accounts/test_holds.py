@@ -83,6 +83,58 @@ def test_two_replicas_spending_one_balance_stay_exact(store: str) -> None:
     asyncio.run(run())
 
 
+def test_a_busy_hold_is_refilled_ahead_and_an_old_one_settles_in_memory_before_it_goes_back(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> None:
+        engine = create_engine(store)
+        sessions = sessionmaker(engine)
+        holds = Holds(sessions, 64)
+        waited = 0
+        top_up = holds._top_up
+
+        async def counted(table, ident, want, ahead=False):  # type: ignore[no-untyped-def]
+            nonlocal waited
+            waited += not ahead  # a request that had to wait for the store
+            return await top_up(table, ident, want, ahead)
+
+        monkeypatch.setattr(holds, "_top_up", counted)
+        try:
+            user_id, key_id = await _account(sessions, 10_000_000, None)
+            spent, open_ = 0, []
+            for _ in range(64 * 5):  # five chunks' worth
+                r = await holds.reserve(user_id, key_id, True, False, 100, 1)
+                assert r.held, "always served from a hold"
+                open_.append(r)
+                if len(open_) > 8:  # a few in flight at any time
+                    await holds.settle(open_.pop(0), 60)
+                    spent += 60
+                await asyncio.sleep(0.002)  # a request's time with its upstream: a refill runs meanwhile
+            assert waited == 1, "only the first request waited for the store"
+            first = holds.held[("users", user_id)]
+            monkeypatch.setattr(holds_module, "MAX_AGE", 0.0)  # every hold is old now: the next take swaps it
+            r = await holds.reserve(user_id, key_id, True, False, 100, 1)
+            open_.append(r)
+            await asyncio.gather(*holds.refills.values())
+            assert holds.retiring == [first] and holds.held[("users", user_id)] is not first
+            assert first.live and first.pending == 9
+            for r in open_:
+                await holds.settle(r, 60)  # settled in memory: the retired hold is still live
+                spent += 60
+            assert first.live and first.pending == 0
+            monkeypatch.setattr(holds_module, "MAX_AGE", 5.0)
+            await holds._retire_done([first])
+            assert not first.live and not holds.retiring
+            await holds.close()
+            assert (await _balances(sessions, user_id, key_id))[0] == 10_000_000 - spent
+            async with sessions() as s:
+                assert not (await s.execute(select(QuotaHold).where(QuotaHold.replica == holds.replica))).all()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def test_setting_a_balance_voids_what_was_held(store: str) -> None:
     async def run() -> None:
         engine = create_engine(store)

@@ -395,6 +395,11 @@ def test_cors_opens_only_to_the_configured_origins(pair: Pair) -> None:
         assert r.headers["x-content-type-options"] == "nosniff"  # preflight answers get the headers too
         r = c.options("/v1/chat/completions", headers={"origin": "https://evil.example", **ask})
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+        # A generation route, which is answered ahead of the middlewares unless CORS applies, gets CORS too.
+        auth = {"authorization": f"Bearer {gateway.alice_key}"}
+        r = c.post("/v1/chat/completions", json={}, headers={"origin": "https://console.example", **auth})
+        assert r.status_code == 400 and r.headers["access-control-allow-origin"] == "https://console.example"
+        assert r.headers["x-content-type-options"] == "nosniff"
         r = c.get(
             "/v1/models", headers={"origin": "https://other.example", "authorization": f"Bearer {gateway.alice_key}"}
         )

@@ -1,12 +1,13 @@
 """Keys the request path has seen, so that a request costs no store round trip to authenticate.
 
-An entry lives until the store's account generation (`accounts.generation`) moves on, and at most `MAX_AGE`
-seconds. Changes made through this process drop the cache when they commit; changes made elsewhere (another
-replica, the CLI) are noticed by polling one small row every `refresh` seconds. An entry loaded while the
-generation moved on is not kept, so a revoked key is never cached as valid. Whether a key is enabled, expired or
-allowed from an address is checked on every request from the cached record; only unknown keys always go to the
-store (and count as failures for the per-address throttle). While the store is away, a key seen before goes on
-being answered from its cached record, however old.
+An entry lives until the store's account generation (`accounts.generation`) moves on; after `MAX_AGE` seconds
+it is loaded again in the background while requests go on being answered from it. Changes made through this
+process drop the cache when they commit; changes made elsewhere (another replica, the CLI) are noticed by polling
+one small row every `refresh` seconds. Concurrent requests with a key not cached wait for one load of it. An
+entry loaded while the generation moved on is not kept, so a revoked key is never cached as valid. Whether a key
+is enabled, expired or allowed from an address is checked on every request from the cached record; only unknown
+keys always go to the store (and count as failures for the per-address throttle). While the store is away, a key
+seen before goes on being answered from its cached record, however old.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class KeyCache:
         self.seen: str | None = None  # the store's generation token at the last poll
         self.touched: dict[int, datetime] = {}  # last_used_at as written, per key
         self.tasks: set[asyncio.Task[None]] = set()
+        self.loading: dict[str, asyncio.Future[KeyRecord | None]] = {}  # keys being loaded, one load each
         self.watcher: asyncio.Task[None] | None = None
 
     def clear(self) -> None:
@@ -45,22 +47,38 @@ class KeyCache:
         self.version += 1
 
     async def record(self, key_hash: str) -> KeyRecord | None:
-        now = time.monotonic()
         hit = self.entries.get(key_hash)
-        if hit is not None and (now - hit[0] < MAX_AGE or not self.health.up):
+        if hit is not None:
+            if time.monotonic() - hit[0] >= MAX_AGE and self.health.up and key_hash not in self.loading:
+                # In the background: this request goes on with the entry as it is.
+                self._load(key_hash).add_done_callback(self._reloaded)
             return hit[1]
-        version = self.version
-        try:
-            async with self.sessions() as s:
-                record = await load_key(s, key_hash)
-        except Exception:
-            if hit is not None:  # the store is away: the key as last seen goes on serving until it is back
-                return hit[1]
-            raise
-        if record is not None and version == self.version:
-            if len(self.entries) >= MAX_ENTRIES:
-                self.entries.clear()
-            self.entries[key_hash] = (now, record)
+        return await asyncio.shield(self._load(key_hash))  # shielded: one caller leaving ends no other's wait
+
+    def _load(self, key_hash: str) -> asyncio.Future[KeyRecord | None]:
+        """The key's one load under way, started if there is none."""
+        loading = self.loading.get(key_hash)
+        if loading is None:
+            loading = self.loading[key_hash] = asyncio.ensure_future(self._fetch(key_hash))
+            loading.add_done_callback(lambda _: self.loading.pop(key_hash, None))
+        return loading
+
+    def _reloaded(self, loading: asyncio.Future[KeyRecord | None]) -> None:
+        """A reload in the background that failed: the store's health hears of it, and the entry serves on."""
+        if not loading.cancelled() and (exc := loading.exception()) is not None:
+            self.health.failed(exc)
+
+    async def _fetch(self, key_hash: str) -> KeyRecord | None:
+        version, now = self.version, time.monotonic()
+        async with self.sessions() as s:
+            record = await load_key(s, key_hash)
+        if version == self.version:
+            if record is None:
+                self.entries.pop(key_hash, None)  # revoked while cached
+            else:
+                if len(self.entries) >= MAX_ENTRIES:
+                    self.entries.clear()
+                self.entries[key_hash] = (now, record)
         return record
 
     def used(self, record: KeyRecord, now: datetime) -> None:
@@ -108,6 +126,8 @@ class KeyCache:
             self.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.watcher
+        for loading in list(self.loading.values()):
+            loading.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 

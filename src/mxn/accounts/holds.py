@@ -1,10 +1,15 @@
 """Balances held by this replica, so that most requests reserve and settle their quota in memory.
 
 A replica takes a chunk of a large balance from the store with one conditional UPDATE (a hold), serves
-reservations from it, and gives what is left back (`quota + units`) after a second without use, at most every
-`MAX_AGE` seconds, before this replica shows or changes balances, and on shutdown. The store's balance is then
-what is not held anywhere; nothing is spent twice and no balance goes below zero, because every unit a replica
-spends was first taken from the store by a conditional UPDATE.
+reservations from it, and gives what is left back (`quota + units`) after a second without use, before this
+replica shows or changes balances, and on shutdown. The store's balance is then what is not held anywhere;
+nothing is spent twice and no balance goes below zero, because every unit a replica spends was first taken from
+the store by a conditional UPDATE.
+
+A busy hold never runs dry in front of a request: when half of its chunk is left, or it is `MAX_AGE` seconds
+old, the request that notices starts a refill in the background (one at a time per balance) and goes on. A refill
+grows the hold, or, for an old one, takes a fresh chunk and retires the old hold: no new reservations, and it goes
+back once the reservations paid from it have settled, so that they settle in memory rather than in the store.
 
 Holds are only taken while a balance is large: at least `LARGE` times the request's reservation, and never
 taking the store's balance below the 80% alert line, so alerts and refusals are decided by the exact path
@@ -46,6 +51,8 @@ from mxn.store.models import ApiKey, QuotaHold, Usage, User
 IDLE = 1.0  # seconds without use before a hold goes back
 MAX_AGE = 5.0  # and at the latest this long after it was taken
 LARGE = 256  # a balance is held only when it is at least this many reservations
+LAST = 1.0  # seconds a busy hold's chunk should last: a chunk spent sooner makes the next one twice as large
+GROWTH = 64  # a chunk is at most this many times the first
 SHARE = 16  # and then at most this share of it
 TICK = 0.5  # seconds between the sweeps that give back and renew
 LEASE = 15.0  # seconds a hold's lease runs; renewed every third of that while the replica holds anything
@@ -65,7 +72,13 @@ class Hold:
     units: int  # unspent; below zero when charges beyond their reservations went past it
     taken_at: float
     used_at: float
+    chunk: int = 0  # the last chunk taken into it
+    size: int = 0  # and the reservations it was sized for
+    filled_at: float = 0.0  # when it was taken
+    want: int = 0  # the last reservation it paid: what a refill sizes its chunk by
+    pending: int = 0  # reservations paid from it, not settled yet
     live: bool = True
+    retiring: bool = False  # replaced by a fresh hold: it goes back once nothing is pending
 
 
 @dataclass
@@ -76,7 +89,9 @@ class Holds:
     replica: str = field(default_factory=lambda: secrets.token_hex(8))  # as this replica's usage journals say
     journal: str = ""  # the journal directory's id (`usage.journal.directory_id`)
     held: dict[tuple[str, int], Hold] = field(default_factory=dict)
+    retiring: list[Hold] = field(default_factory=list)
     locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
+    refills: dict[tuple[str, int], asyncio.Task[None]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     renewed: float = 0.0
@@ -112,15 +127,36 @@ class Holds:
             assert h is not None
             h.units -= want
             h.used_at = now
+            h.pending += 1
+            h.want = want
+            if 2 * h.units < h.chunk or now - h.taken_at >= MAX_AGE:
+                self._refill_soon(h)
         return tuple(h for h in holds if h is not None)
 
-    async def _top_up(self, table: Table, ident: int, want: int) -> bool:
-        """Whether this replica now holds at least `want` of the balance."""
+    def _refill_soon(self, h: Hold) -> None:
+        key = (h.table.__tablename__, h.ident)
+        if key not in self.refills:
+            self.refills[key] = asyncio.create_task(self._refill(h.table, h.ident, h.want))
+
+    async def _refill(self, table: Table, ident: int, want: int) -> None:
+        try:
+            await self._top_up(table, ident, want, ahead=True)
+        except Exception as exc:  # the requests that need it top it up themselves, or take the exact path
+            self.health.failed(exc)
+        finally:
+            self.refills.pop((table.__tablename__, ident), None)
+
+    async def _top_up(self, table: Table, ident: int, want: int, ahead: bool = False) -> bool:
+        """Whether this replica now holds at least `want` of the balance. `ahead`: a refill in the background,
+        before the hold runs low or when it is old."""
         key = (table.__tablename__, ident)
         async with self.locks.setdefault(key, asyncio.Lock()):
             h = self.held.get(key)
-            if h is not None and h.units >= want:
+            old = h is not None and time.monotonic() - h.taken_at >= MAX_AGE
+            if h is not None and h.units >= want and not ahead:
                 return True  # another request topped it up meanwhile
+            if ahead and (h is None or (2 * h.units >= h.chunk and not old)):
+                return True  # given back, or topped up, meanwhile
             async with self.sessions() as s:
                 cols = (table.quota, table.quota_granted, table.quota_alerted, table.quota_epoch)
                 row = (await s.execute(select(*cols).where(table.id == ident))).one_or_none()
@@ -129,7 +165,8 @@ class Holds:
                 balance: int = row[0]
                 _, granted, alerted, epoch = row
                 floor = granted // 5 if granted and (alerted or 0) < 80 else 0
-                chunk = min(balance // SHARE, self.multiple * want, balance - floor)
+                size = self._size(h)
+                chunk = min(balance // SHARE, size * want, balance - floor)
                 if chunk < 2 * want:
                     return False
                 taken = await s.execute(
@@ -139,20 +176,35 @@ class Holds:
                 )
                 if not taken.rowcount:  # type: ignore[attr-defined]
                     return False
-                if h is not None and h.live and h.epoch == epoch:  # the same hold, grown
+                if h is not None and h.live and h.epoch == epoch and not old:  # the same hold, grown
                     grown = update(QuotaHold).where(QuotaHold.id == h.id).values(taken=QuotaHold.taken + chunk)
                     await s.execute(grown)
                     await s.commit()
                     h.units += chunk
+                    h.chunk, h.size, h.filled_at = chunk, size, time.monotonic()
                     return True
                 now = time.monotonic()
-                new = Hold(f"{self.replica}-{next(self.serial)}", table, ident, epoch, chunk, now, now)
+                ident_ = f"{self.replica}-{next(self.serial)}"
+                new = Hold(
+                    ident_, table, ident, epoch, chunk, now, now, chunk=chunk, size=size, filled_at=now, want=want
+                )
                 await s.execute(insert(QuotaHold).values(self._row(new)))
                 await s.commit()
-            if h is not None:
-                await self._return(h)
             self.held[key] = new
+            if h is not None and self.held.get(key) is new:
+                h.retiring = True  # what is paid from it settles in memory; the sweep gives it back after
+                self.retiring.append(h)
             return True
+
+    def _size(self, h: Hold | None) -> int:
+        """Reservations the next chunk is for: `multiple`, more for a hold whose last chunk went in under `LAST`
+        seconds (a busy key would otherwise wait on the store every few hundred requests), back down as it calms."""
+        if h is None or not h.size:
+            return self.multiple
+        lasted = time.monotonic() - h.filled_at
+        if lasted < LAST:
+            return min(2 * h.size, GROWTH * self.multiple)
+        return max(self.multiple, h.size // 2) if lasted > 4 * LAST else h.size
 
     def _row(self, h: Hold) -> dict[str, object]:
         lease = datetime.now(UTC) + timedelta(seconds=LEASE)
@@ -166,20 +218,30 @@ class Holds:
             await quota.settle(self.sessions, r, cost)
             return
         delta = r.amount - cost
-        if not delta:
-            return
         for h in r.held:
+            h.pending -= 1
+            if not delta:
+                continue
             if h.live:  # below zero, if need be: the store's balance pays that when the hold ends
                 h.units += delta
             else:  # the hold went back meanwhile: so does this
                 await quota.adjust(self.sessions, h.table, h.ident, delta)
 
     async def give_back(self, balances: list[tuple[Table, int]] | None = None) -> None:
-        keys = [(t.__tablename__, i) for t, i in balances] if balances is not None else list(self.held)
+        """Return the holds of these balances (all, with None) now, retired ones too."""
+        keys = {(t.__tablename__, i) for t, i in balances} if balances is not None else set(self.held)
+        retired = [h for h in self.retiring if balances is None or (h.table.__tablename__, h.ident) in keys]
+        await self._retire_done(retired)
         for key in keys:
             h = self.held.pop(key, None)
             if h is not None:
                 await self._return(h)
+
+    async def _retire_done(self, holds: list[Hold]) -> None:
+        """Return these retired holds."""
+        for h in holds:
+            self.retiring.remove(h)
+            await self._return(h)
 
     async def _return(self, h: Hold) -> None:
         h.live = False
@@ -192,7 +254,10 @@ class Holds:
                 await s.commit()
         except BaseException:
             h.units, h.live = h.units + units, True  # still held: the next sweep tries again
-            self.held.setdefault((h.table.__tablename__, h.ident), h)
+            if h.retiring:
+                self.retiring.append(h)
+            else:
+                self.held.setdefault((h.table.__tablename__, h.ident), h)
             raise
 
     async def reclaim(self, gone: Callable[[str], bool]) -> int:
@@ -236,10 +301,9 @@ class Holds:
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            stale = [
-                (h.table, h.ident) for h in self.held.values() if now - h.used_at >= IDLE or now - h.taken_at >= MAX_AGE
-            ]
+            stale = [(h.table, h.ident) for h in self.held.values() if now - h.used_at >= IDLE]
             try:
+                await self._retire_done([h for h in self.retiring if not h.pending or now - h.used_at >= IDLE])
                 await self.give_back(stale)
                 if self.held and now - self.renewed >= LEASE / 3:
                     await self._renew()
@@ -257,8 +321,9 @@ class Holds:
             await s.commit()
 
     async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        for task in [self.task, *self.refills.values()]:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.give_back()

@@ -79,15 +79,15 @@ class Admission:
             self.state.alerts.soon(self.state.alerts.quota_spent(self.reservation.user_id, self.reservation.key_id))
         p, model, chip = self.principal, self.cell.model.name, self.cell.chip.id
         latency = time.perf_counter() - self.started
-        metrics.REQUESTS.labels(model, chip, str(status)).inc()
-        metrics.ROUTES.labels(self.route, str(status)).inc()
-        metrics.LATENCY.labels(model, chip).observe(latency)
+        metrics.series(metrics.REQUESTS, model, chip, str(status)).inc()
+        metrics.series(metrics.ROUTES, self.route, str(status)).inc()
+        metrics.series(metrics.LATENCY, model, chip).observe(latency)
         if self.ttft_ms is not None:
-            metrics.TTFT.labels(model, chip).observe(self.ttft_ms / 1000)
-        metrics.TOKENS.labels(model, chip, "prompt").inc(prompt)
-        metrics.TOKENS.labels(model, chip, "completion").inc(completion)
+            metrics.series(metrics.TTFT, model, chip).observe(self.ttft_ms / 1000)
+        metrics.series(metrics.TOKENS, model, chip, "prompt").inc(prompt)
+        metrics.series(metrics.TOKENS, model, chip, "completion").inc(completion)
         if error:
-            metrics.ERRORS.labels(model, chip, error).inc()
+            metrics.series(metrics.ERRORS, model, chip, error).inc()
         await self.state.usage.add(
             record(
                 user_id=p.user_id,
@@ -113,9 +113,9 @@ async def _refused(
     state: AppState, principal: Principal, cell: Cell, route: str, request_id: str, error: str, scope: str, limit: str
 ) -> None:
     """A request turned away by a limit or the quota still gets its usage record (at no cost)."""
-    metrics.LIMITED.labels(scope, limit).inc()
-    metrics.REQUESTS.labels(cell.model.name, cell.chip.id, "429").inc()
-    metrics.ROUTES.labels(route, "429").inc()
+    metrics.series(metrics.LIMITED, scope, limit).inc()
+    metrics.series(metrics.REQUESTS, cell.model.name, cell.chip.id, "429").inc()
+    metrics.series(metrics.ROUTES, route, "429").inc()
     await state.usage.add(
         record(
             user_id=principal.user_id,

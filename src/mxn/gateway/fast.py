@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mxn.gateway import pipeline, responses
+from mxn.gateway.headers import secured
 from mxn.gateway.openapi import request_body
 from mxn.gateway.protocols import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, Protocol
 from mxn.protocol.anthropic import MessagesRequest
@@ -69,7 +71,9 @@ def match(path: str) -> tuple[Route, pipeline.CellRef] | None:
 
 
 class FastRoutes:
-    """A pure ASGI middleware: a matched generation route is answered here, anything else passes on."""
+    """A pure ASGI middleware: a matched generation route is answered here, anything else passes on.
+
+    Installed inside CORS, for the requests `Gateway` leaves to the framework because CORS applies to them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -78,12 +82,37 @@ class FastRoutes:
         if scope["type"] == "http" and scope["method"] == "POST":
             found = match(scope["path"])
             if found is not None:
-                await self._answer(*found, scope, receive, send)
+                await answer(*found, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(self, route: Route, ref: pipeline.CellRef, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        work = pipeline.handle(route.protocol, request, ref)
-        response = await responses.rendered(request, work, route.protocol.error_response)
-        await response(scope, receive, send)
+
+async def answer(route: Route, ref: pipeline.CellRef, scope: Scope, receive: Receive, send: Send) -> None:
+    request = Request(scope, receive)
+    work = pipeline.handle(route.protocol, request, ref)
+    response = await responses.rendered(request, work, route.protocol.error_response)
+    await response(scope, receive, send)
+
+
+class Gateway(FastAPI):
+    """FastAPI, with the generation routes answered before its middleware stack is entered.
+
+    The stack's layers (its error middleware, the security-header and CORS middlewares, the framework's own
+    telemetry and body-limit layers) each wrap every request and its `send`; a generation route needs only the
+    security headers, added here. A request that CORS applies to (an `Origin` header, with origins configured)
+    takes the whole stack, where `FastRoutes` answers it inside CORS."""
+
+    cors: bool = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = match(scope["path"])
+            if found is not None and not (self.cors and _has_origin(scope)):
+                scope["app"] = self
+                await answer(*found, scope, receive, secured(send))
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _has_origin(scope: Scope) -> bool:
+    return any(name == b"origin" for name, _ in scope["headers"])

@@ -57,15 +57,21 @@ class SecurityHeaders:
             await self.app(scope, receive, _DocsPage(send))
             return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), *_ALWAYS]
-                if _is_html(headers):
-                    headers.append((b"content-security-policy", _CSP))
-                message = {**message, "headers": headers}
-            await send(message)
+        await self.app(scope, receive, secured(send))
 
-        await self.app(scope, receive, send_with_headers)
+
+def secured(send: Send) -> Send:
+    """`send`, with the security headers added to the response's start."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), *_ALWAYS]
+            if _is_html(headers):
+                headers.append((b"content-security-policy", _CSP))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_headers
 
 
 class _DocsPage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mxn.tokens import Tokenizer
@@ -17,20 +18,21 @@ from mxn.wire import usage as _usage
 USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
-def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """The upstream's usage when it is complete; our own count for whatever it omitted. Its details (cached prompt
-    tokens, reasoning tokens) pass through as the engine gave them."""
+def settle_usage(upstream: Any, prompt_tokens: int, completion_tokens: Callable[[], int]) -> dict[str, Any]:
+    """The upstream's usage when it is complete; our own count for whatever it omitted (`completion_tokens` counts
+    the answer's text, only when needed). Its details (cached prompt tokens, reasoning tokens) pass through as the
+    engine gave them."""
     if isinstance(upstream, dict):
         prompt = upstream.get("prompt_tokens")
         completion = upstream.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else prompt_tokens
-        completion = completion if isinstance(completion, int) else completion_tokens
+        completion = completion if isinstance(completion, int) else completion_tokens()
         usage: dict[str, Any] = _usage(prompt, completion)
         for name in USAGE_DETAILS:
             if isinstance(upstream.get(name), dict):
                 usage[name] = upstream[name]
         return usage
-    return _usage(prompt_tokens, completion_tokens)
+    return _usage(prompt_tokens, completion_tokens())
 
 
 def response(data: dict[str, Any], *, kind: str, model: str, prompt_tokens: int, tok: Tokenizer) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def response(data: dict[str, Any], *, kind: str, model: str, prompt_tokens: int,
     chat = kind == "chat"
     # In place: the upstream's own fields keep their places, ours follow in OpenAI's order.
     data.update(envelope(data.get("id") or completion_id(chat), chat, model, data.get("created") or None))
-    completion = 0
+    texts = []
     choices = data.get("choices") or []
     for i, choice in enumerate(choices):
         choice.setdefault("index", i)
@@ -52,9 +54,10 @@ def response(data: dict[str, Any], *, kind: str, model: str, prompt_tokens: int,
             text = message.get("content")
         else:
             text = choice.setdefault("text", "")
-        completion += tok.count(text) if isinstance(text, str) else 0
+        if isinstance(text, str):
+            texts.append(text)
     data["choices"] = choices
-    data["usage"] = settle_usage(data.get("usage"), prompt_tokens, completion)
+    data["usage"] = settle_usage(data.get("usage"), prompt_tokens, lambda: sum(map(tok.count, texts)))
     return data
 
 
@@ -102,8 +105,10 @@ class StreamNormalizer:
         return c
 
     def usage(self) -> dict[str, Any]:
-        completion = sum(self.tok.count("".join(parts)) for parts in self.texts.values())
-        return settle_usage(self.upstream_usage, self.prompt_tokens, completion)
+        def counted() -> int:
+            return sum(self.tok.count("".join(parts)) for parts in self.texts.values())
+
+        return settle_usage(self.upstream_usage, self.prompt_tokens, counted)
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         head = envelope(self.id or completion_id(self.chat), self.chat, self.model, self.created or None, chunk=True)

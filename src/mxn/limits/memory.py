@@ -1,8 +1,11 @@
-"""The in-process limiter: exact within one process (one worker); Redis is for several."""
+"""The in-process limiter: exact within one process (one worker); Redis is for several.
+
+Nothing here awaits between reading a rule and charging it, so on one event loop every call is atomic by itself:
+no lock is needed.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +19,6 @@ class MemoryLimiter:
         self.logs: dict[str, deque[tuple[float, int]]] = {}
         self.sums: dict[str, int] = {}
         self.slots: dict[str, dict[str, float]] = {}
-        self.lock = asyncio.Lock()
 
     def _expire(self, rule: Rule, now: float) -> None:
         log = self.logs.setdefault(rule.key, deque())
@@ -27,9 +29,10 @@ class MemoryLimiter:
         """The rule's usage, and how long until `w` more would fit (0 if it fits now)."""
         if rule.kind == CONCURRENT:
             slots = self.slots.setdefault(rule.key, {})
-            for member, expiry in list(slots.items()):
-                if expiry <= now:
-                    del slots[member]
+            if len(slots) >= rule.limit:  # full: slots past their TTL (a request that never ended) do not count
+                for member, expiry in list(slots.items()):
+                    if expiry <= now:
+                        del slots[member]
             used = len(slots)
             return Usage(rule, used, 0.0), (1.0 if used + 1 > rule.limit else 0.0)
         self._expire(rule, now)
@@ -45,18 +48,15 @@ class MemoryLimiter:
         return Usage(rule, used, reset), rule.window  # more than the limit alone: a full window
 
     async def acquire(self, rules: list[Rule], request_id: str, tokens: int) -> Decision:
-        async with self.lock:
-            now = self.clock()
-            checked = [(r, *self._check(r, now, weight(r, tokens))) for r in rules]
-            waits = [(wait, r) for r, _u, wait in checked if wait > 0]
-            if waits:
-                wait, rule = max(waits, key=lambda x: x[0])
-                return Decision(False, wait, tuple(u for _r, u, _w in checked), rule)
-            for r in rules:
-                self._charge(r, request_id, now, weight(r, tokens))
-            return Decision(
-                True, 0.0, tuple(Usage(u.rule, u.used + weight(r, tokens), u.reset) for r, u, _w in checked)
-            )
+        now = self.clock()
+        checked = [(r, *self._check(r, now, weight(r, tokens))) for r in rules]
+        waits = [(wait, r) for r, _u, wait in checked if wait > 0]
+        if waits:
+            wait, rule = max(waits, key=lambda x: x[0])
+            return Decision(False, wait, tuple(u for _r, u, _w in checked), rule)
+        for r in rules:
+            self._charge(r, request_id, now, weight(r, tokens))
+        return Decision(True, 0.0, tuple(Usage(u.rule, u.used + weight(r, tokens), u.reset) for r, u, _w in checked))
 
     def _charge(self, rule: Rule, request_id: str, now: float, w: int) -> None:
         if rule.kind == CONCURRENT:
@@ -70,20 +70,18 @@ class MemoryLimiter:
             self.sums[rule.key] = self.sums.get(rule.key, 0) + w
 
     async def add_tokens(self, rules: list[Rule], request_id: str, tokens: int) -> None:
-        async with self.lock:
-            now = self.clock()
-            for r in rules:
-                self._expire(r, now)
-                self._charge(r, request_id, now, tokens)
+        now = self.clock()
+        for r in rules:
+            self._expire(r, now)
+            self._charge(r, request_id, now, tokens)
 
     async def finish(self, token_rules: list[Rule], slot_rules: list[Rule], request_id: str, tokens: int) -> None:
         await self.add_tokens(token_rules, request_id, tokens)
         await self.release(slot_rules, request_id)
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
-        async with self.lock:
-            for r in rules:
-                self.slots.get(r.key, {}).pop(request_id, None)
+        for r in rules:
+            self.slots.get(r.key, {}).pop(request_id, None)
 
     async def close(self) -> None:
         pass

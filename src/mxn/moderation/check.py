@@ -46,7 +46,7 @@ async def classify(http: httpx.AsyncClient, classifier: Classifier, text: str) -
             type(exc).__name__,
             "closed" if classifier.fail_closed else "open",
         )
-        metrics.MODERATION.labels("classifier", "error").inc()
+        metrics.series(metrics.MODERATION, "classifier", "error").inc()
         return classifier.fail_closed
 
 
@@ -84,7 +84,7 @@ async def check_input(http: httpx.AsyncClient, rules: Rules, body: dict[str, Any
     elif rules.classifiers and await flagged_by_classifiers(http, rules, "\n".join(texts)):
         stage = "classifier"
     if stage:
-        metrics.MODERATION.labels("input", stage).inc()
+        metrics.series(metrics.MODERATION, "input", stage).inc()
         log.info("input refused by moderation (%s) on %s", stage, cell)
         raise ContentFiltered("The request was refused by content moderation.", param="messages")
 
@@ -105,7 +105,7 @@ async def check_output(http: httpx.AsyncClient, rules: Rules, body: dict[str, An
             choice["finish_reason"] = "content_filter"
             body["blocked"] = True
     if body.get("blocked"):
-        metrics.MODERATION.labels("output", "blocked").inc()
+        metrics.series(metrics.MODERATION, "output", "blocked").inc()
 
 
 class StreamGuard:
@@ -149,7 +149,7 @@ class StreamGuard:
             keep = max(0, min(live, len(sent)) - LOOKBEHIND)
             self.context[index] = (sent[keep:], live - keep)
         if self.blocked:
-            metrics.MODERATION.labels("output", "blocked").inc()
+            metrics.series(metrics.MODERATION, "output", "blocked").inc()
         return out
 
     def held(self) -> list[int]:
