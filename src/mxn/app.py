@@ -35,6 +35,8 @@ from mxn.routing import Router
 from mxn.store.db import create_engine, sessionmaker
 from mxn.usage import UsageWriter, journal_dir
 
+GC_THRESHOLD = 50_000  # allocations of objects that can hold references, net, between young collections
+
 
 def make_limiter(settings: Settings) -> Limiter:
     if settings.redis_url:
@@ -101,9 +103,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.deployments.start()
     app.state.mxn = state
     # What start-up made lives as long as the process: out of the collector's way, so that its full collections,
-    # which stop the event loop, walk only what requests make.
+    # which stop the event loop, walk only what requests make. And requests make few reference cycles but many
+    # objects that live as long as a request (tens of milliseconds under load): at the default threshold (700)
+    # those are walked again and again, about a tenth of the process's time at 128 requests in flight
+    # (docs/performance.md); collections every GC_THRESHOLD objects instead find the same cycles.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 10)
     try:
         yield
     finally:

@@ -41,6 +41,12 @@ HEALTHY = Gauge(
 )
 
 
+# Reservations that found this replica's hold of a balance short and waited for a top-up from the store
+# (`accounts.holds`): holds are refilled ahead of need, so this stays near zero under steady load.
+HOLD_WAITS = Counter(
+    "mxn_quota_hold_waits_total", "Reservations that waited for a quota hold's top-up", registry=REGISTRY
+)
+
 # How late the event loop ran a timer (`gateway.state.watch_loop`): any step that holds the loop shows here.
 LOOP_LAG = Histogram(
     "mxn_event_loop_lag_seconds",

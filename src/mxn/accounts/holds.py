@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mxn import metrics
 from mxn.accounts import quota
 from mxn.accounts.quota import Reservation
 from mxn.deps import Dependency
@@ -51,7 +52,7 @@ from mxn.store.models import ApiKey, QuotaHold, Usage, User
 IDLE = 1.0  # seconds without use before a hold goes back
 MAX_AGE = 5.0  # and at the latest this long after it was taken
 LARGE = 256  # a balance is held only when it is at least this many reservations
-LAST = 1.0  # seconds a busy hold's chunk should last: a chunk spent sooner makes the next one twice as large
+LAST = 1.0  # seconds a busy hold's chunk should last at the rate it is being spent
 GROWTH = 64  # a chunk is at most this many times the first
 SHARE = 16  # and then at most this share of it
 TICK = 0.5  # seconds between the sweeps that give back and renew
@@ -75,6 +76,7 @@ class Hold:
     chunk: int = 0  # the last chunk taken into it
     size: int = 0  # and the reservations it was sized for
     filled_at: float = 0.0  # when it was taken
+    served: int = 0  # reservations paid from it since
     want: int = 0  # the last reservation it paid: what a refill sizes its chunk by
     pending: int = 0  # reservations paid from it, not settled yet
     live: bool = True
@@ -90,8 +92,8 @@ class Holds:
     journal: str = ""  # the journal directory's id (`usage.journal.directory_id`)
     held: dict[tuple[str, int], Hold] = field(default_factory=dict)
     retiring: list[Hold] = field(default_factory=list)
-    locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
-    refills: dict[tuple[str, int], asyncio.Task[None]] = field(default_factory=dict)
+    refills: dict[tuple[str, int], asyncio.Task[bool]] = field(default_factory=dict)  # top-ups under way
+    waited: int = 0  # reservations that waited for a top-up
     task: asyncio.Task[None] | None = None
     serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     renewed: float = 0.0
@@ -107,8 +109,12 @@ class Holds:
             balances.append((ApiKey, key_id))
         for attempt in range(_ATTEMPTS if self.multiple else 0):
             # Concurrent requests may spend a top-up before this one gets to it: then it tops up again.
-            if attempt and not all([await self._top_up(table, ident, want) for table, ident in balances]):
-                break
+            if attempt:
+                self.waited += 1
+                metrics.HOLD_WAITS.inc()
+                # Every request that finds the hold short waits for the same one top-up, and all go on together.
+                if not all([await asyncio.shield(self._topping(table, ident, want)) for table, ident in balances]):
+                    break
             served = self._take(balances, want)
             if served is not None:
                 return Reservation(
@@ -128,83 +134,79 @@ class Holds:
             h.units -= want
             h.used_at = now
             h.pending += 1
+            h.served += 1
             h.want = want
             if 2 * h.units < h.chunk or now - h.taken_at >= MAX_AGE:
-                self._refill_soon(h)
+                key = (h.table.__tablename__, h.ident)
+                if key not in self.refills:  # ahead of need, in the background: nobody waits for it
+                    self._topping(h.table, h.ident, want).add_done_callback(self._refilled)
         return tuple(h for h in holds if h is not None)
 
-    def _refill_soon(self, h: Hold) -> None:
-        key = (h.table.__tablename__, h.ident)
-        if key not in self.refills:
-            self.refills[key] = asyncio.create_task(self._refill(h.table, h.ident, h.want))
-
-    async def _refill(self, table: Table, ident: int, want: int) -> None:
-        try:
-            await self._top_up(table, ident, want, ahead=True)
-        except Exception as exc:  # the requests that need it top it up themselves, or take the exact path
-            self.health.failed(exc)
-        finally:
-            self.refills.pop((table.__tablename__, ident), None)
-
-    async def _top_up(self, table: Table, ident: int, want: int, ahead: bool = False) -> bool:
-        """Whether this replica now holds at least `want` of the balance. `ahead`: a refill in the background,
-        before the hold runs low or when it is old."""
+    def _topping(self, table: Table, ident: int, want: int) -> asyncio.Task[bool]:
+        """The balance's one top-up under way, started if there is none."""
         key = (table.__tablename__, ident)
-        async with self.locks.setdefault(key, asyncio.Lock()):
-            h = self.held.get(key)
-            old = h is not None and time.monotonic() - h.taken_at >= MAX_AGE
-            if h is not None and h.units >= want and not ahead:
-                return True  # another request topped it up meanwhile
-            if ahead and (h is None or (2 * h.units >= h.chunk and not old)):
-                return True  # given back, or topped up, meanwhile
-            async with self.sessions() as s:
-                cols = (table.quota, table.quota_granted, table.quota_alerted, table.quota_epoch)
-                row = (await s.execute(select(*cols).where(table.id == ident))).one_or_none()
-                if row is None or row[0] is None or row[0] < LARGE * want:
-                    return False
-                balance: int = row[0]
-                _, granted, alerted, epoch = row
-                floor = granted // 5 if granted and (alerted or 0) < 80 else 0
-                size = self._size(h)
-                chunk = min(balance // SHARE, size * want, balance - floor)
-                if chunk < 2 * want:
-                    return False
-                taken = await s.execute(
-                    update(table)
-                    .where(table.id == ident, table.quota >= chunk, table.quota_epoch == epoch)
-                    .values(quota=table.quota - chunk)
-                )
-                if not taken.rowcount:  # type: ignore[attr-defined]
-                    return False
-                if h is not None and h.live and h.epoch == epoch and not old:  # the same hold, grown
-                    grown = update(QuotaHold).where(QuotaHold.id == h.id).values(taken=QuotaHold.taken + chunk)
-                    await s.execute(grown)
-                    await s.commit()
-                    h.units += chunk
-                    h.chunk, h.size, h.filled_at = chunk, size, time.monotonic()
-                    return True
-                now = time.monotonic()
-                ident_ = f"{self.replica}-{next(self.serial)}"
-                new = Hold(
-                    ident_, table, ident, epoch, chunk, now, now, chunk=chunk, size=size, filled_at=now, want=want
-                )
-                await s.execute(insert(QuotaHold).values(self._row(new)))
+        task = self.refills.get(key)
+        if task is None:
+            task = self.refills[key] = asyncio.create_task(self._top_up(table, ident, want))
+            task.add_done_callback(lambda _: self.refills.pop(key, None))
+        return task
+
+    def _refilled(self, task: asyncio.Task[bool]) -> None:
+        """A refill ahead of need failed: the store's health hears of it; requests top up or go the exact way."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.health.failed(exc)
+
+    async def _top_up(self, table: Table, ident: int, want: int) -> bool:
+        """Take a chunk of the balance into its hold (a fresh hold when the one there is old); whether that was
+        possible. One at a time per balance (`_topping`)."""
+        key = (table.__tablename__, ident)
+        h = self.held.get(key)
+        old = h is not None and time.monotonic() - h.taken_at >= MAX_AGE
+        async with self.sessions() as s:
+            cols = (table.quota, table.quota_granted, table.quota_alerted, table.quota_epoch)
+            row = (await s.execute(select(*cols).where(table.id == ident))).one_or_none()
+            if row is None or row[0] is None or row[0] < LARGE * want:
+                return False
+            balance: int = row[0]
+            _, granted, alerted, epoch = row
+            floor = granted // 5 if granted and (alerted or 0) < 80 else 0
+            size = self._size(h)
+            chunk = min(balance // SHARE, size * want, balance - floor)
+            if chunk < 2 * want:
+                return False
+            taken = await s.execute(
+                update(table)
+                .where(table.id == ident, table.quota >= chunk, table.quota_epoch == epoch)
+                .values(quota=table.quota - chunk)
+            )
+            if not taken.rowcount:  # type: ignore[attr-defined]
+                return False
+            if h is not None and h.live and h.epoch == epoch and not old:  # the same hold, grown
+                grown = update(QuotaHold).where(QuotaHold.id == h.id).values(taken=QuotaHold.taken + chunk)
+                await s.execute(grown)
                 await s.commit()
-            self.held[key] = new
-            if h is not None and self.held.get(key) is new:
-                h.retiring = True  # what is paid from it settles in memory; the sweep gives it back after
-                self.retiring.append(h)
-            return True
+                h.units += chunk
+                h.chunk, h.size, h.filled_at, h.served = chunk, size, time.monotonic(), 0
+                return True
+            now = time.monotonic()
+            ident_ = f"{self.replica}-{next(self.serial)}"
+            new = Hold(ident_, table, ident, epoch, chunk, now, now, chunk=chunk, size=size, filled_at=now, want=want)
+            await s.execute(insert(QuotaHold).values(self._row(new)))
+            await s.commit()
+        self.held[key] = new
+        if h is not None and h.live:
+            h.retiring = True  # what is paid from it settles in memory; the sweep gives it back after
+            self.retiring.append(h)
+        return True
 
     def _size(self, h: Hold | None) -> int:
-        """Reservations the next chunk is for: `multiple`, more for a hold whose last chunk went in under `LAST`
-        seconds (a busy key would otherwise wait on the store every few hundred requests), back down as it calms."""
-        if h is None or not h.size:
+        """Reservations the next chunk is for: `multiple`, or as many as the hold is spending in `LAST` seconds
+        when that is more (up to GROWTH times), so that a busy key does not wait on the store every few hundred
+        requests."""
+        if h is None or not h.served:
             return self.multiple
-        lasted = time.monotonic() - h.filled_at
-        if lasted < LAST:
-            return min(2 * h.size, GROWTH * self.multiple)
-        return max(self.multiple, h.size // 2) if lasted > 4 * LAST else h.size
+        rate = h.served / max(time.monotonic() - h.filled_at, 0.01)
+        return max(self.multiple, min(int(rate * LAST), GROWTH * self.multiple))
 
     def _row(self, h: Hold) -> dict[str, object]:
         lease = datetime.now(UTC) + timedelta(seconds=LEASE)
