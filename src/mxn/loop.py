@@ -1,10 +1,12 @@
-"""The event loop mxn serves on: uvloop, taking every waiting connection each time its listening socket is ready.
+"""The event loop mxn serves on: uvloop, taking a batch of waiting connections each time its listening socket is ready.
 
 libuv accepts one connection per turn of the loop (libuv#3696). A busy gateway turns its loop once for all the
 work that is ready, every few milliseconds, so a burst of new connections (a client or a balancer opening a
 hundred at once) waits for as many turns before the last one is read: over a second at 128 connections, measured
 with `bench/gateway_overhead.py`. Here the listening socket is read by a reader of our own, which accepts up to
-`BATCH` connections each time (as asyncio's own loop does) and hands each to uvloop as an accepted socket.
+`BATCH` connections each time (as asyncio's own loop does, with a smaller bound) and hands each to uvloop as an
+accepted socket. The bound keeps the connections shared among `--workers` processes, which all listen on one
+socket: the first to wake up would otherwise take a whole burst.
 
 Only what uvicorn asks of a server is served this way (a TCP socket, or a host and port, without TLS); anything
 else goes to uvloop as it is.
@@ -21,7 +23,7 @@ from typing import Any
 import uvloop
 
 log = logging.getLogger("mxn.loop")
-BATCH = 256  # connections accepted per readiness of a listening socket, at most
+BATCH = 16  # connections accepted per readiness of a listening socket, at most
 
 
 class Loop(uvloop.Loop):  # type: ignore[misc]  # uvloop's Loop is untyped
