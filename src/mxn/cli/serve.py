@@ -1,17 +1,14 @@
-"""`mxn serve`: migrate the store, apply the catalogue, first-start bootstrap, then uvicorn."""
+"""`mxn serve`: migrate the store, apply the catalogue, first-start bootstrap, then become the server."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import secrets
-import signal
-from typing import Annotated, Any
+import sys
+from typing import Annotated
 
 import typer
-import uvicorn
-import uvicorn.config
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
@@ -72,40 +69,12 @@ def serve(
             f"  user:     admin\n  password: {password}\n  API key:  {key}\n"
             f"  API:      {base}/v1  (GenStudio form: {base}/maas/{{model}}/{{chip}}/)\n"
         )
-    # uvicorn shuts down gracefully on SIGTERM (no new connections, open streams finish within the deadline,
-    # usage flushed) and then raises the signal again; with this handler that last step is a no-op, so a
-    # clean stop exits 0 as process managers expect.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
-        "mxn.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level),
-        access_log=False,
-        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default: a local client could then choose the
-        # address that key allowlists and the auth-failure throttle see. Only proxies named in settings are.
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, and mxn's own loggers (`mxn.*`) beside it at MXN_LOG_LEVEL, in its format and on its
-    stream, in every worker: what mxn says of its dependencies, journals and engines reaches the operator."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["formatters"]["mxn"] = {
-        "()": "uvicorn.logging.DefaultFormatter",
-        "fmt": "%(levelprefix)s %(name)s: %(message)s",
-    }
-    config["handlers"]["mxn"] = {"formatter": "mxn", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
-    config["loggers"]["mxn"] = {"handlers": ["mxn"], "level": level.upper(), "propagate": False}
-    return config
+    # The start-up work ends here, and with it everything it imported: the process becomes `mxn.server` (same
+    # pid, so process managers and their signals still reach the server), which imports only what serving needs
+    # and reads the settings from the environment. The arguments stay on its command line, for `ps` and `pgrep`.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "mxn.server", *sys.argv[1:]])
 
 
 async def _zero_config(s, settings):  # type: ignore[no-untyped-def]

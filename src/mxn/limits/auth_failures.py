@@ -24,9 +24,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from mxn.deps import Dependency
 from mxn.errors import AuthError, MxnError, TooManyAuthFailures
 from mxn.limits import retry_seconds
@@ -103,7 +100,10 @@ class RedisCounter:
     """The counters in Redis, shared by every replica; blocks broadcast on a pub/sub channel."""
 
     def __init__(self, url: str, timeout: float = 0.3) -> None:
+        # Imported here: a gateway without Redis never loads redis-py.
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         self.timeout = timeout
         # As RedisLimiter's: no retries and no socket_timeout, each call bounded by `_redis` instead.

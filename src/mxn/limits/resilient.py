@@ -27,23 +27,21 @@ import socket
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Literal, TypeVar
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from mxn import metrics
 from mxn.deps import Dependency
 from mxn.errors import ServiceUnavailable
 from mxn.limits import CONCURRENT, SLOT_TTL, Decision, Rule
 from mxn.limits.memory import MemoryLimiter
-from mxn.limits.redis import RedisLimiter
+
+if TYPE_CHECKING:  # imported when one is made: a gateway without Redis never loads redis-py (~8 MiB)
+    from mxn.limits.redis import RedisLimiter
 
 Mode = Literal["local", "open", "closed"]
 T = TypeVar("T")
 
 REPLICAS = "mxn:replicas"
-# Connection refused or reset, timeouts (builtin TimeoutError is an OSError), and a Redis answering only errors.
-_OUTAGE = (RedisError, OSError)
 # Slot releases remembered for a Redis that is away: beyond this many requests, the rest free themselves.
 _MAX_OWED = 100_000
 _IMPACT = {
@@ -82,13 +80,19 @@ class ResilientLimiter:
         probe_every: float = 0.5,
         beat_every: float = 2.0,
     ) -> None:
+        from redis.exceptions import RedisError
+
+        from mxn.limits.redis import RedisLimiter
+
         self.mode = mode
         # One per process: each uvicorn worker enforces its own share.
         self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.timeout = timeout
         self.probe_every = probe_every
         self.beat_every = beat_every
-        self.shared = RedisLimiter(redis_url, connect_timeout=timeout)
+        self.shared: RedisLimiter = RedisLimiter(redis_url, connect_timeout=timeout)
+        # Connection refused or reset, timeouts (builtin TimeoutError is an OSError), a Redis answering only errors.
+        self._outage = (RedisError, OSError)
         self.local = MemoryLimiter()
         self.health = Dependency("redis", _IMPACT[mode])
         self.replicas = [self.replica_id]  # the live replicas as Redis last listed them, sorted
@@ -124,7 +128,7 @@ class ResilientLimiter:
         if self.health.up:
             try:
                 return await self._redis(self.shared.acquire(rules, request_id, tokens))
-            except _OUTAGE as exc:
+            except self._outage as exc:
                 self._lost(exc)
                 self._owe(rules, request_id)  # the script may have run, its answer lost
         return await self._acquire_without_redis(rules, request_id, tokens)
@@ -162,7 +166,7 @@ class ResilientLimiter:
         elif rules and tokens > 0 and self.health.up:
             try:
                 await self._redis(self.shared.add_tokens(rules, request_id, tokens))
-            except _OUTAGE as exc:  # the tokens go uncounted
+            except self._outage as exc:  # the tokens go uncounted
                 self._lost(exc)
 
     async def release(self, rules: list[Rule], request_id: str) -> None:
@@ -175,7 +179,7 @@ class ResilientLimiter:
                 try:
                     await self._redis(self.shared.release(rules, request_id))
                     return
-                except _OUTAGE as exc:
+                except self._outage as exc:
                     self._lost(exc)
             self._owe(rules, request_id)
 
@@ -189,7 +193,7 @@ class ResilientLimiter:
             try:
                 await self._redis(self.shared.finish(token_rules, slot_rules, request_id, tokens))
                 return
-            except _OUTAGE as exc:  # the tokens go uncounted; the slots are given back later
+            except self._outage as exc:  # the tokens go uncounted; the slots are given back later
                 self._lost(exc)
         self._owe(slot_rules, request_id)
 
@@ -246,6 +250,6 @@ class ResilientLimiter:
                 await self._task
         if self.health.up:
             # Leave the list now rather than when the heartbeat runs out: the others' shares grow at once.
-            with contextlib.suppress(*_OUTAGE):
+            with contextlib.suppress(*self._outage):
                 await self._redis(self.shared.redis.zrem(REPLICAS, self.replica_id))
         await self.shared.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
+import sys
 
-import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -15,12 +15,7 @@ from mxn.store.generation import AccountChanges
 
 CONNECT_TIMEOUT = 5.0
 # asyncpg's own errors for a server that went away or is not accepting connections yet.
-_PG_GONE = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InterfaceError,
-)
+_PG_GONE = ("PostgresConnectionError", "CannotConnectNowError", "OperatorInterventionError", "InterfaceError")
 
 
 def is_sqlite(url: str) -> bool:
@@ -69,4 +64,12 @@ def unreachable(exc: BaseException) -> bool:
         if not isinstance(cause, BaseException):
             return False
         exc = cause
-    return isinstance(exc, (ConnectionError, socket.gaierror, SATimeoutError, *_PG_GONE))
+    return isinstance(exc, (ConnectionError, socket.gaierror, SATimeoutError, *asyncpg_errors(*_PG_GONE)))
+
+
+def asyncpg_errors(*names: str) -> tuple[type[Exception], ...]:
+    """asyncpg's exception classes of these names; none while asyncpg is not imported, when none can be raised.
+
+    Looked up rather than imported: a gateway on SQLite never loads asyncpg (~3 MiB)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return tuple(getattr(asyncpg.exceptions, name) for name in names) if asyncpg is not None else ()

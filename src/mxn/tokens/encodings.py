@@ -10,7 +10,7 @@ from pathlib import Path
 
 import tiktoken
 
-from mxn.tokens.ranks import RANK_SHA256, mergeable_ranks, parse_ranks, sha256
+from mxn.tokens.ranks import RANK_SHA256, RankTable, mergeable_ranks, parse_ranks, sha256
 
 ENDOFTEXT = "<|endoftext|>"
 FIM_PREFIX = "<|fim_prefix|>"
@@ -94,13 +94,16 @@ LOAD_LOCK = threading.RLock()
 @cache
 def build_encoding(key: str) -> tiktoken.Encoding:
     d = DEFS[key]
-    return tiktoken.Encoding(
+    enc = tiktoken.Encoding(
         name=key,
         pat_str=d.pat_str,
         mergeable_ranks=mergeable_ranks(d.rank_file),
         special_tokens=dict(d.special_tokens),
         explicit_n_vocab=d.explicit_n_vocab,
     )
+    # The Rust core has its copy of the ranks: the dict goes, and the file is read again if ever asked for.
+    enc._mergeable_ranks = RankTable(d.rank_file)  # type: ignore[assignment]
+    return enc
 
 
 def encoding(key: str) -> tiktoken.Encoding:

@@ -6,8 +6,7 @@ import base64
 import gzip
 import hashlib
 import importlib.util
-from collections.abc import Callable
-from functools import cache
+from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from pathlib import Path
 
 # sha256 of each uncompressed rank file: tiktoken's expected_hash for the OpenAI files, and the
@@ -75,8 +74,36 @@ def parse_ranks(data: bytes, source: str) -> dict[bytes, int]:
     return ranks
 
 
-@cache
 def mergeable_ranks(rank_file: str) -> dict[bytes, int]:
-    # Shared by encodings using the same file (gpt2/r50k_base, p50k_base/p50k_edit). A process-wide memo of
-    # what the files hold, so that every tokenizer on a vocabulary shares one copy of it.
+    """A known rank file's table, read and checked afresh on each call: nothing here keeps it."""
     return parse_ranks(rank_file_bytes(rank_file), rank_file)
+
+
+class RankTable(Mapping[bytes, int]):
+    """A known rank file's table, read when asked for rather than kept.
+
+    Once an encoding is built, tiktoken's Rust core holds the ranks; the dict tiktoken keeps beside it (for
+    pickling) would cost ~10 MiB for cl100k_base and ~20 MiB for o200k_base in every process, for nothing.
+    Each call reads the file once (whole-table views too); a pickled table is the dict itself.
+    """
+
+    def __init__(self, rank_file: str) -> None:
+        self.rank_file = rank_file
+
+    def __getitem__(self, token: bytes) -> int:
+        return mergeable_ranks(self.rank_file)[token]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(mergeable_ranks(self.rank_file))
+
+    def __len__(self) -> int:
+        return len(mergeable_ranks(self.rank_file))
+
+    def items(self) -> ItemsView[bytes, int]:
+        return mergeable_ranks(self.rank_file).items()
+
+    def values(self) -> ValuesView[int]:
+        return mergeable_ranks(self.rank_file).values()
+
+    def __reduce__(self) -> tuple[Callable[[str], dict[bytes, int]], tuple[str]]:
+        return mergeable_ranks, (self.rank_file,)

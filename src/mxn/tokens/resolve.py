@@ -16,7 +16,7 @@ from mxn.tokens.encodings import (
     encoding,
     tiktoken_file_encoding,
 )
-from mxn.tokens.ranks import mergeable_ranks, sha256
+from mxn.tokens.ranks import sha256
 from mxn.tokens.tokenizer import HuggingFaceTokenizer, TiktokenTokenizer, Tokenizer
 
 DEFAULT_ENCODING = "cl100k_base"
@@ -132,8 +132,7 @@ def get_tokenizer(spec: str | None, family: str | None = None) -> Tokenizer:
 
 
 def clear_caches() -> None:
-    """Forget every loaded tokenizer and rank file (tests use this to force a fresh load)."""
+    """Forget every loaded tokenizer (tests use this to force a fresh load)."""
     with _CACHE_LOCK, LOAD_LOCK:
         _CACHE.clear()
         build_encoding.cache_clear()
-        mergeable_ranks.cache_clear()
