@@ -7,6 +7,7 @@ each) would bury the one line that matters. So: one warning when it goes down, t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -61,6 +62,11 @@ class Dependency:
                 self.error,
             )
             self._logged_at, self._unlogged = now, 0
+
+    def failed_in(self, task: asyncio.Future[Any]) -> None:
+        """A done-callback for a call made in the background: its failure is counted here, nowhere else."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.failed(exc)
 
     def ok(self) -> None:
         if self.up:

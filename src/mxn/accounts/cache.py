@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mxn.accounts.service import TOUCH_EVERY, KeyRecord, load_key, touch_key
 from mxn.deps import Dependency
+from mxn.flights import one_flight
 from mxn.store import generation
 
 MAX_AGE = 60.0
@@ -39,7 +40,7 @@ class KeyCache:
         self.seen: str | None = None  # the store's generation token at the last poll
         self.touched: dict[int, datetime] = {}  # last_used_at as written, per key
         self.tasks: set[asyncio.Task[None]] = set()
-        self.loading: dict[str, asyncio.Future[KeyRecord | None]] = {}  # keys being loaded, one load each
+        self.loading: dict[str, asyncio.Task[KeyRecord | None]] = {}  # keys being loaded, one load each
         self.watcher: asyncio.Task[None] | None = None
 
     def clear(self) -> None:
@@ -51,22 +52,14 @@ class KeyCache:
         if hit is not None:
             if time.monotonic() - hit[0] >= MAX_AGE and self.health.up and key_hash not in self.loading:
                 # In the background: this request goes on with the entry as it is.
-                self._load(key_hash).add_done_callback(self._reloaded)
+                # A reload that fails counts against the store's health; the entry serves on.
+                self._load(key_hash).add_done_callback(self.health.failed_in)
             return hit[1]
         return await asyncio.shield(self._load(key_hash))  # shielded: one caller leaving ends no other's wait
 
-    def _load(self, key_hash: str) -> asyncio.Future[KeyRecord | None]:
+    def _load(self, key_hash: str) -> asyncio.Task[KeyRecord | None]:
         """The key's one load under way, started if there is none."""
-        loading = self.loading.get(key_hash)
-        if loading is None:
-            loading = self.loading[key_hash] = asyncio.ensure_future(self._fetch(key_hash))
-            loading.add_done_callback(lambda _: self.loading.pop(key_hash, None))
-        return loading
-
-    def _reloaded(self, loading: asyncio.Future[KeyRecord | None]) -> None:
-        """A reload in the background that failed: the store's health hears of it, and the entry serves on."""
-        if not loading.cancelled() and (exc := loading.exception()) is not None:
-            self.health.failed(exc)
+        return one_flight(self.loading, key_hash, lambda: self._fetch(key_hash))
 
     async def _fetch(self, key_hash: str) -> KeyRecord | None:
         version, now = self.version, time.monotonic()

@@ -47,6 +47,7 @@ from mxn import metrics
 from mxn.accounts import quota
 from mxn.accounts.quota import Reservation
 from mxn.deps import Dependency
+from mxn.flights import one_flight
 from mxn.store.models import ApiKey, QuotaHold, Usage, User
 
 IDLE = 1.0  # seconds without use before a hold goes back
@@ -74,10 +75,8 @@ class Hold:
     taken_at: float
     used_at: float
     chunk: int = 0  # the last chunk taken into it
-    size: int = 0  # and the reservations it was sized for
-    filled_at: float = 0.0  # when it was taken
+    filled_at: float = 0.0  # when that chunk was taken
     served: int = 0  # reservations paid from it since
-    want: int = 0  # the last reservation it paid: what a refill sizes its chunk by
     pending: int = 0  # reservations paid from it, not settled yet
     live: bool = True
     retiring: bool = False  # replaced by a fresh hold: it goes back once nothing is pending
@@ -135,26 +134,16 @@ class Holds:
             h.used_at = now
             h.pending += 1
             h.served += 1
-            h.want = want
             if 2 * h.units < h.chunk or now - h.taken_at >= MAX_AGE:
                 key = (h.table.__tablename__, h.ident)
                 if key not in self.refills:  # ahead of need, in the background: nobody waits for it
-                    self._topping(h.table, h.ident, want).add_done_callback(self._refilled)
+                    # A refill that fails counts against the store's health; requests top up or go the exact way.
+                    self._topping(h.table, h.ident, want).add_done_callback(self.health.failed_in)
         return tuple(h for h in holds if h is not None)
 
     def _topping(self, table: Table, ident: int, want: int) -> asyncio.Task[bool]:
         """The balance's one top-up under way, started if there is none."""
-        key = (table.__tablename__, ident)
-        task = self.refills.get(key)
-        if task is None:
-            task = self.refills[key] = asyncio.create_task(self._top_up(table, ident, want))
-            task.add_done_callback(lambda _: self.refills.pop(key, None))
-        return task
-
-    def _refilled(self, task: asyncio.Task[bool]) -> None:
-        """A refill ahead of need failed: the store's health hears of it; requests top up or go the exact way."""
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.health.failed(exc)
+        return one_flight(self.refills, (table.__tablename__, ident), lambda: self._top_up(table, ident, want))
 
     async def _top_up(self, table: Table, ident: int, want: int) -> bool:
         """Take a chunk of the balance into its hold (a fresh hold when the one there is old); whether that was
@@ -170,8 +159,7 @@ class Holds:
             balance: int = row[0]
             _, granted, alerted, epoch = row
             floor = granted // 5 if granted and (alerted or 0) < 80 else 0
-            size = self._size(h)
-            chunk = min(balance // SHARE, size * want, balance - floor)
+            chunk = min(balance // SHARE, self._size(h) * want, balance - floor)
             if chunk < 2 * want:
                 return False
             taken = await s.execute(
@@ -186,11 +174,11 @@ class Holds:
                 await s.execute(grown)
                 await s.commit()
                 h.units += chunk
-                h.chunk, h.size, h.filled_at, h.served = chunk, size, time.monotonic(), 0
+                h.chunk, h.filled_at, h.served = chunk, time.monotonic(), 0
                 return True
             now = time.monotonic()
             ident_ = f"{self.replica}-{next(self.serial)}"
-            new = Hold(ident_, table, ident, epoch, chunk, now, now, chunk=chunk, size=size, filled_at=now, want=want)
+            new = Hold(ident_, table, ident, epoch, chunk, now, now, chunk=chunk, filled_at=now)
             await s.execute(insert(QuotaHold).values(self._row(new)))
             await s.commit()
         self.held[key] = new
