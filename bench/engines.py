@@ -1,6 +1,7 @@
 """What mxn adds over calling each real engine directly, and `mxn bench` against vLLM's own benchmark, in one run.
 
     .venv/bin/python bench/engines.py [--quick] [--model DIR] [--engines vllm,llamacpp,mxn] [--vllm-prompts random]
+                                      [--rounds N] [--loads 1:16,4:16,16:32] [--engine-cpus 0]
 
 Builds the demo model (or takes --model), starts `mxn serve` on SQLite in a temporary directory and deploys vLLM
 (CPU build), llama.cpp's server and mxn's embedded engine as managed deployments of one cell, `mxn-demo@cpu`, each
@@ -106,6 +107,7 @@ class Plan:
     quiet_wait: float  # seconds to wait at most, before a load, for the machine to be quiet (Quiet)
     quiet_budget: float  # ... and in all
     vllm_prompts: str = "random"  # or "mxn": vLLM's benchmark sends mxn bench's prompts
+    engine_cpus: str | None = None  # MXN_ENGINE_CPUS: the cores the engines are kept to (None: all)
 
 
 FULL = Plan({1: 16, 4: 16, 16: 32}, 128, 128, 2, 60, 2, 420, 30, quiet_wait=15, quiet_budget=45)
@@ -443,7 +445,9 @@ def agreement(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
         "output_throughput": (mine["output_throughput"], theirs.get("output_throughput")),
     }
     diff = {k: _pct(a, b) for k, (a, b) in pairs.items()}
-    checked = [diff[k] for k in ("tpot_mean", "tpot_p50", "output_throughput")]
+    # vLLM's headline figures: mean TPOT and output throughput. A median TPOT is not checked: where a server sends
+    # answers in bursts, most requests' TPOT is the few µs between chunks of one burst (0.014 and 0.003 ms).
+    checked = [diff[k] for k in ("tpot_mean", "output_throughput")]
     return {
         "mxn_bench": {k: a for k, (a, _) in pairs.items()},
         "vllm_bench": {k: b for k, (_, b) in pairs.items()},
@@ -483,7 +487,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Cell `{CELL}`: the demo model ({env['model'].get('parameters', 0):,} parameters) on an {env['cpu']} "
         f"with {env['cpus']} cores (no GPU), served by each engine; client, mxn and engines share the machine "
-        f"(load average {env['load_average']}). Closed loop, {s['input_len']}-word prompts "
+        + (f"(the engines kept to core(s) {s['engine_cpus']}) " if s.get("engine_cpus") else "")
+        + f"(load average {env['load_average']}). Closed loop, {s['input_len']}-word prompts "
         f"({s['prompt_tokens']['chat']:.0f} tokens with the chat template), {s['output_len']} output tokens "
         f"(`ignore_eos`, greedy); prompts per load: {loads}; median of {s['rounds']} round(s). TTFT, TPOT and "
         "end-to-end latency are p50s; Δ = through mxn − direct.",
@@ -613,6 +618,7 @@ def bench(tmp: Path, model_dir: Path, engines: tuple[str, ...], plan: Plan, toke
         MXN_ENGINES_DIR=str(ROOT / ".engines"),
         MXN_DEPLOY_INTERVAL="0.5",
         **ENGINE_ENV,
+        **({"MXN_ENGINE_CPUS": plan.engine_cpus} if plan.engine_cpus else {}),
     )
     cmd = [sys.executable, "-m", "mxn", "serve", "--port", str(port), "--database-url", db]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -740,9 +746,22 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="a model directory (default: build the demo model)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="a subset of vllm,llamacpp,mxn")
     parser.add_argument("--vllm-prompts", choices=["random", "mxn"], default="mxn", help="what vLLM bench sends")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default: 2, --quick 1)")
+    parser.add_argument("--loads", help="concurrency:prompts pairs, e.g. 1:32,4:48,16:96 (default: 1:16,4:16,16:32)")
+    parser.add_argument("--engine-cpus", help="keep the engines to these cores (MXN_ENGINE_CPUS), e.g. 0")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    plan = dataclasses.replace(QUICK if args.quick else FULL, vllm_prompts=args.vllm_prompts)
+    plan = dataclasses.replace(
+        QUICK if args.quick else FULL, vllm_prompts=args.vllm_prompts, engine_cpus=args.engine_cpus
+    )
+    if args.rounds:
+        plan = dataclasses.replace(plan, rounds=args.rounds)
+    if args.loads:
+        try:
+            loads = {int(c): int(n) for c, n in (pair.split(":") for pair in args.loads.split(","))}
+        except ValueError:
+            parser.error("--loads: concurrency:prompts pairs, e.g. 1:32,4:48")
+        plan = dataclasses.replace(plan, loads=loads)
     QUIET.per_load, QUIET.budget = plan.quiet_wait, plan.quiet_budget
     engines = tuple(e for e in args.engines.split(",") if e)
     if not engines or set(engines) - set(ENGINES):

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     # Engines in virtual environments of their own (`make engines`): `<engines_dir>/<engine>/bin/python` runs a
     # recipe's `{engine_python}`; an engine without one runs with the `python3` on PATH.
     engines_dir: str = ".engines"
+    # CPU cores the engines started on this machine may run on ("0", "0-3", "0,2"; unset: all). On a small
+    # machine an engine kept to some cores leaves the rest to the gateway: vLLM's CPU build spins on every core
+    # it has, and on two cores here it stalled every other process for up to 2 s at a time.
+    engine_cpus: str | None = None
+
+    @field_validator("engine_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            cpu_set(value)
+            return value
+        return None
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:
@@ -125,3 +137,14 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def cpu_set(spec: str) -> set[int]:
+    """CPU numbers of a list like `0-3,6` (as taskset and cpusets write them); ValueError if it is not one."""
+    cpus: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or int(last or first) < int(first):
+            raise ValueError(f"not a CPU list like 0-3,6: {spec!r}")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus

@@ -4,6 +4,7 @@ conversion cached by content, and llama.cpp's server answering as mxn's embedded
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -92,26 +93,53 @@ def test_unchanged_model_reuses_the_cached_gguf(
     def no_converter(*args: object, **kwargs: object) -> None:
         raise AssertionError("the converter ran again for an unchanged model")
 
+    def no_reading(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed again, unchanged")
+
     monkeypatch.setattr(gguf.subprocess, "run", no_converter)
-    t0 = time.monotonic()
+    monkeypatch.setattr(gguf, "file_digest", no_reading)
     assert gguf.ensure_gguf(str(demo_model), cache, ENGINES) == str(out)
-    assert time.monotonic() - t0 < 2
     assert out.stat().st_mtime_ns == before
 
 
-def test_changed_weights_convert_again(converted: tuple[Path, Path], demo_model: Path, tmp_path: Path) -> None:
+def test_touched_weights_are_hashed_again_and_reuse_the_gguf(
+    converted: tuple[Path, Path], demo_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, _ = converted
+    model = copy_model(demo_model, tmp_path / "mxn-demo")
+    first = gguf.ensure_gguf(str(model), cache, ENGINES)
+    hashed: list[str] = []
+    digest = gguf.file_digest
+    monkeypatch.setattr(gguf, "file_digest", lambda path: hashed.append(path.name) or digest(path))
+    os.utime(model / "model.safetensors", ns=(time.time_ns(), time.time_ns()))
+    assert gguf.ensure_gguf(str(model), cache, ENGINES) == first
+    assert hashed == ["model.safetensors"]
+
+
+def _nudge(model: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    cache, out = converted
-    model = copy_model(demo_model, tmp_path / "mxn-demo")
     weights = load_file(model / "model.safetensors")
     name = next(iter(weights))
     weights[name] = weights[name] + 0.01
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
 
+
+def test_changed_weights_convert_again_and_replace_their_old_conversion(
+    converted: tuple[Path, Path], demo_model: Path, tmp_path: Path
+) -> None:
+    cache, out = converted
+    model = copy_model(demo_model, tmp_path / "mxn-demo")
+    _nudge(model)
     again = Path(gguf.ensure_gguf(str(model), cache, ENGINES))
     assert again != out and again.name.startswith("mxn-demo-") and again.is_file()
-    assert out.is_file()  # the first conversion stays for the model it was made from
+    assert out.is_file()  # another directory's conversion stays
+
+    _nudge(model)
+    third = Path(gguf.ensure_gguf(str(model), cache, ENGINES))
+    assert third != again and third.is_file()
+    assert not again.exists()  # this directory's old conversion went
+    assert out.is_file()
 
 
 def test_unknown_pretokenizer_without_a_name_keeps_the_converter_error(demo_model: Path, tmp_path: Path) -> None:

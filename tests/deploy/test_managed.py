@@ -92,6 +92,7 @@ def _user_key(db: str) -> str:
 
 def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[str, str]) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'mxn.db'}"
+    gateway_env = {**gateway_env, "MXN_ENGINE_CPUS": "0"}
     gateway = start_serve(tmp_path / "serve.log", db, env=gateway_env)
     try:
         key = _user_key(db)
@@ -100,6 +101,10 @@ def test_local_placement(tmp_path: Path, demo_data_dir: Path, gateway_env: dict[
         assert "mxn-demo@cpu is running" in out.stdout
         instances = wait_for(lambda: _running(gateway, 2), 120, "running")
         assert len({i["url"] for i in instances}) == 2
+        # MXN_ENGINE_CPUS keeps each engine, and what it starts, to core 0; its disclosure counts that core.
+        for instance in instances:
+            assert os.sched_getaffinity(instance["pid"]) == {0}
+            assert instance["hardware"]["cores"] == 1
         node = _nodes(gateway)
         assert node["placement"] == "local" and node["leader"] is True
         assert sorted(node["data"][0]["replicas"]) == ["mxn-demo@cpu/mxn#0", "mxn-demo@cpu/mxn#1"]

@@ -3,6 +3,7 @@ ASGI, with a scripted engine registered the way any engine kind is (`mxn.engines
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from mxn.errors import UpstreamError
 from mxn.gateway.state import AppState
 from mxn.store.migrate import upgrade
 from mxn.store.models import Usage, User
+from mxn.tokens import Tokenizer
+from mxn.tokens.resolve import clear_caches
 
 ANSWER = ["Hello", " from", " the", " engine"]
 # What each scripted endpoint has been sent, by its script name (the endpoint's `path`).
@@ -282,3 +285,28 @@ async def test_every_protocol_is_settled_and_counted_under_its_own_route(gateway
     assert r.status_code == 200 and r.json()["content"][0]["text"] == "".join(ANSWER), r.text
     assert {route: count(route) - before[route] for route in routes} == dict.fromkeys(routes, 1.0)
     assert [u.route for u in await usage(state)] == list(routes)
+
+
+async def test_the_served_models_tokenizers_load_off_the_loop_before_any_request(
+    gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, state, _ = gateway
+    if state.warming is not None:
+        await state.warming  # the fixture's own reload
+    clear_caches()
+    threads: list[int] = []
+    warm = Tokenizer.warm
+
+    def watched(self: Tokenizer) -> None:
+        threads.append(threading.get_ident())
+        warm(self)
+
+    monkeypatch.setattr(Tokenizer, "warm", watched)
+    await state.reload_catalog()
+    served = [c.model.tokenizer for c in state.catalog.cells.values()]
+    assert not any(t.loaded for t in served)
+    assert state.warming is not None
+    await state.warming
+    assert all(t.loaded for t in served)
+    # Four models share one tokenizer: loaded once, in a thread.
+    assert len(threads) == 1 and threads[0] != threading.get_ident()

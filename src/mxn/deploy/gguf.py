@@ -30,6 +30,7 @@ PRETOKENIZER_KEY = "gguf_pretokenizer"
 # serves both; bf16 from float32 weights rounds them (the demo model's greedy answer then drifts from transformers').
 OUTTYPE = "auto"
 WRAPPER = Path(__file__).with_name("gguf_convert.py")
+DIGESTS = "digests.json"  # in the cache folder: what each source file hashed to, at which size and mtime
 
 
 class ConversionFailed(MxnError):
@@ -48,10 +49,18 @@ def ensure_gguf(source: str, cache_dir: Path, engines_dir: Path) -> str:
         raise InvalidRequest(f"{source} is neither a .gguf file nor a HuggingFace model directory", param="model")
     python, converter = _converter(engines_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    out = cache_dir / f"{model.resolve().name}-{_content_hash(model, converter.parent)}.gguf"
+    model = model.resolve()
+    # One conversion per model directory is kept: `{name}-{where}-{what}.gguf`, and a new one replaces the others
+    # of the same directory (an engine still serving one keeps its open file until it stops).
+    stem = f"{model.name}-{hashlib.sha256(str(model).encode()).hexdigest()[:8]}"
+    out = cache_dir / f"{stem}-{_content_hash(model, converter.parent, cache_dir / DIGESTS)}.gguf"
     with _locked(out):  # replicas starting together convert once; the others wait and reuse it
         if not out.is_file():
             _convert(python, converter, model, out)
+            for old in cache_dir.glob(f"{stem}-*.gguf"):
+                if old != out:
+                    old.unlink(missing_ok=True)
+                    old.with_name(f".{old.name}.lock").unlink(missing_ok=True)
     return str(out)
 
 
@@ -67,16 +76,42 @@ def _converter(engines_dir: Path) -> tuple[Path, Path]:
     return python, converter
 
 
-def _content_hash(model: Path, converter_dir: Path) -> str:
+def _content_hash(model: Path, converter_dir: Path, digests: Path) -> str:
     """Short hash of what the GGUF is made from, the converter's code (and ours around it) and the output type:
-    a changed model or converter converts again, an unchanged one is reused."""
+    a changed model or converter converts again, an unchanged one is reused.
+
+    A file's digest is kept in `digests` by path, size and modification time, as build tools do: a launch reads
+    the weights again only when they changed (hashing tens of GB took minutes per start)."""
     h = hashlib.sha256(OUTTYPE.encode())
     files = sorted({p for pattern in CONTENT for p in model.glob(pattern) if p.is_file()})
     code = [*sorted(converter_dir.rglob("*.py")), WRAPPER]
+    try:
+        known = json.loads(digests.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    fresh = {}
     for path in [*files, *code]:
-        with path.open("rb") as f:
-            h.update(f"{path.name}\0".encode() + hashlib.file_digest(f, "sha256").digest())
+        key, st = str(path.resolve()), path.stat()
+        seen = known.get(key)
+        if isinstance(seen, list) and seen[:2] == [st.st_size, st.st_mtime_ns]:
+            digest = seen[2]
+        else:
+            digest = file_digest(path)
+        fresh[key] = [st.st_size, st.st_mtime_ns, digest]
+        h.update(f"{path.name}\0{digest}".encode())
+    if any(known.get(k) != v for k, v in fresh.items()):
+        # Entries of files gone from this model directory go; other directories' stay.
+        kept = {k: v for k, v in known.items() if not k.startswith(f"{model}{os.sep}") or k in fresh}
+        tmp = digests.with_name(f".{digests.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**kept, **fresh}), encoding="utf-8")
+        tmp.replace(digests)
     return h.hexdigest()[:12]
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager

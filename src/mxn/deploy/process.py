@@ -14,12 +14,13 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mxn.chips.detect import cpu_model, detect
-from mxn.config import get_settings
+from mxn.config import cpu_set, get_settings
 from mxn.deploy import gguf, recipes
 from mxn.deploy.recipes import Launch
 
@@ -110,7 +111,8 @@ def describe(launched: Launch, chip: str, devices: list[int], timeout: float = 1
     if dtype or launched.dtype:
         info["dtype"] = dtype or launched.dtype
     if chip == "cpu":
-        info.update(chip="cpu", chip_model=cpu_model(), count=1, cores=os.cpu_count())
+        cpus = engine_cpus()
+        info.update(chip="cpu", chip_model=cpu_model(), count=1, cores=len(cpus) if cpus else os.cpu_count())
     else:
         names = {d.index: d.name for d in detect() if d.chip == chip}
         info.update(chip=chip, chip_model=", ".join(sorted({names.get(i, chip) for i in devices})), count=len(devices))
@@ -148,6 +150,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def engine_cpus() -> set[int] | None:
+    """The cores `MXN_ENGINE_CPUS` keeps engines to, None for all."""
+    spec = get_settings().engine_cpus
+    if not spec:
+        return None
+    cpus = cpu_set(spec)
+    if not cpus <= os.sched_getaffinity(0):
+        raise ValueError(f"MXN_ENGINE_CPUS={spec} names cores this machine does not give mxn")
+    return cpus
+
+
+def _start_engine(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # inherited by every process and thread the engine starts
+
+    return setup
+
+
 class EngineProcess:
     def __init__(self, launch: Launch, log: Path | None = None) -> None:
         self.launch = launch
@@ -166,7 +188,7 @@ class EngineProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_start_engine(engine_cpus()),
             )
         finally:
             if out is not subprocess.DEVNULL:

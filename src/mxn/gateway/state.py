@@ -59,6 +59,8 @@ class AppState:
     keys: KeyCache = field(init=False)
     holds: Holds = field(init=False)
     deployments: Controller = field(init=False)
+    warming: asyncio.Task[None] | None = None  # loading the served models' tokenizers, off the loop
+    cold: set[str] = field(default_factory=set)  # models whose tokenizer would not load: not tried again
     _refresher: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
     _prober: asyncio.Task[None] | None = None
@@ -73,6 +75,8 @@ class AppState:
     async def reload_catalog(self) -> None:
         async with self._reloading:
             self.catalog = await load_catalog_snapshot(self.sessions, self.engines, self.rules)
+        if self.warming is None or self.warming.done():
+            self.warming = asyncio.create_task(asyncio.to_thread(warm_tokenizers, self.catalog, self.cold))
 
     def start_refresh(self) -> None:
         """Re-read the catalogue now and then, so edits made through another replica or the CLI arrive."""
@@ -121,7 +125,7 @@ class AppState:
             await asyncio.sleep(self.settings.health_interval)
 
     async def close(self) -> None:
-        for task in (self._refresher, self._checker, self._prober, self._watcher):
+        for task in (self._refresher, self._checker, self._prober, self._watcher, self.warming):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -147,3 +151,19 @@ async def watch_loop(interval: float = LOOP_TICK) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         metrics.LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+
+
+def warm_tokenizers(catalog: Catalog, cold: set[str]) -> None:
+    """Load the tokenizer of every model that has an endpoint, in a thread: the first request to count with one
+    loaded it on the event loop, stalling every request in flight (0.1 s for cl100k's table, seconds for
+    transformers and a chat template). One that cannot load is left to its first request, and named in `cold`."""
+    for cell in catalog.cells.values():
+        if not cell.endpoints or cell.model.name in cold:
+            continue
+        try:
+            tokenizer = cell.model.tokenizer
+            if not tokenizer.loaded:
+                tokenizer.warm()
+        except Exception as exc:
+            cold.add(cell.model.name)
+            log.warning("tokenizer of %s not loaded ahead: %s", cell.model.name, type(exc).__name__)

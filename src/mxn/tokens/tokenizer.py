@@ -75,6 +75,16 @@ class Tokenizer(ABC):
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
+    def warm(self) -> None:
+        """Load now whatever counting a chat request needs (a rank table, a tokenizer file, a chat template):
+        blocking, so called off the event loop, where a first request would otherwise load it."""
+        self.count_messages([{"role": "user", "content": "warm"}])
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool:
+        """Whether counting a chat request needs nothing more loaded."""
+
     def count_messages(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> int:
         """Prompt tokens of a chat request (the messages plus the assistant reply priming; tools as their JSON)."""
         start, end = self._special_id(IM_START), self._special_id(IM_END)
@@ -145,6 +155,10 @@ class TiktokenTokenizer(Tokenizer):
                 enc = self._enc
         return enc
 
+    @property
+    def loaded(self) -> bool:
+        return self._enc is not None
+
     def encode(self, text: str) -> list[int]:
         if self._nfc:
             text = unicodedata.normalize("NFC", text)
@@ -193,6 +207,10 @@ class HuggingFaceTokenizer(Tokenizer):
                         tok.encode_special_tokens = True
                     self._tok = tok
         return self._tok
+
+    @property
+    def loaded(self) -> bool:
+        return self._tok is not None and self._chat is not None
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
