@@ -1,7 +1,7 @@
 """What mxn adds over calling each real engine directly, and `mxn bench` against vLLM's own benchmark, in one run.
 
     .venv/bin/python bench/engines.py [--quick] [--model DIR] [--engines vllm,llamacpp,mxn] [--vllm-prompts random]
-                                      [--rounds N] [--loads 1:16,4:16,16:32] [--engine-cpus 0]
+                                      [--rounds N] [--loads 1:32,4:48,16:96] [--engine-cpus 0]
 
 Builds the demo model (or takes --model), starts `mxn serve` on SQLite in a temporary directory and deploys vLLM
 (CPU build), llama.cpp's server and mxn's embedded engine as managed deployments of one cell, `mxn-demo@cpu`, each
@@ -92,6 +92,7 @@ ENGINE_ENV = {"OMP_NUM_THREADS": "1"}
 # evenly, and the two tools' TPOT can be compared at it. (llama.cpp's server takes no `ignore_eos`: output lengths
 # would follow each tool's prompts.)
 VLLM_BENCH_AT = ("vllm", "mxn")
+NO_STREAM_USAGE = ("llamacpp",)  # engines whose streams say nothing of usage
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Plan:
     engine_cpus: str | None = None  # MXN_ENGINE_CPUS: the cores the engines are kept to (None: all)
 
 
-FULL = Plan({1: 16, 4: 16, 16: 32}, 128, 128, 2, 60, 2, 420, 30, quiet_wait=15, quiet_budget=45)
+FULL = Plan({1: 32, 4: 48, 16: 96}, 128, 128, 3, 60, 2, 420, 30, quiet_wait=15, quiet_budget=45)
 QUICK = Plan({1: 4, 4: 8, 16: 16}, 64, 32, 1, 20, 1, 300, 10, quiet_wait=5, quiet_budget=20)
 
 
@@ -312,10 +313,21 @@ def mxn_prompts(plan: Plan, n: int) -> list[str]:
 
 
 def mxn_run(
-    base_url: str, key: str | None, endpoint: int | None, c: int, n: int, out_len: int, plan: Plan, out: Path
+    base_url: str,
+    key: str | None,
+    endpoint: int | None,
+    c: int,
+    n: int,
+    out_len: int,
+    plan: Plan,
+    out: Path,
+    tokenizer: Path | None = None,
 ) -> dict[str, Any]:
-    """One `mxn bench` load: through mxn with the endpoint pinned, or `--plain` at the engine (endpoint None)."""
+    """One `mxn bench` load: through mxn with the endpoint pinned, or `--plain` at the engine (endpoint None);
+    answers counted with `tokenizer` when given, else by the server's usage."""
     cmd = [sys.executable, "-m", "mxn", "bench", "--base-url", base_url]
+    if tokenizer is not None:
+        cmd += ["--tokenizer", str(tokenizer)]
     if endpoint is None:
         cmd += ["--plain", "--cell", MODEL]
     else:
@@ -543,10 +555,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def measure_engine(
-    gw: Gateway, key: str, engine: str, instance: dict[str, Any], plan: Plan, vllm: VllmBench | None
+    gw: Gateway,
+    key: str,
+    engine: str,
+    instance: dict[str, Any],
+    plan: Plan,
+    vllm: VllmBench | None,
+    model_dir: Path,
 ) -> list[dict[str, Any]]:
     """Every load through mxn and directly, and with vLLM's benchmark too when `vllm` is given."""
     url, endpoint = instance["url"], int(instance["endpoint"])
+    # llama-cpp-python's streams carry no usage, and a chunk may hold several tokens: counted by chunks, its
+    # direct answers came out 17-24% slower than the same answers through mxn (which counts them with the
+    # model's tokenizer). Both sides count with the tokenizer there.
+    count = model_dir if engine in NO_STREAM_USAGE else None
     tmp = gw.tmp / engine
     say(f"{engine}: endpoint {endpoint} at {url}")
     sides = ["via", "direct"] + (["vllm_bench"] if vllm else [])
@@ -564,9 +586,9 @@ def measure_engine(
             for side in sides[turn:] + sides[:turn]:
                 out = tmp / f"c{c}" / f"round{r}-{side}"
                 if side == "via":
-                    runs[side].append(mxn_run(gw.url, key, endpoint, c, n, plan.output_len, plan, out))
+                    runs[side].append(mxn_run(gw.url, key, endpoint, c, n, plan.output_len, plan, out, count))
                 elif side == "direct":
-                    runs[side].append(mxn_run(url, None, None, c, n, plan.output_len, plan, out))
+                    runs[side].append(mxn_run(url, None, None, c, n, plan.output_len, plan, out, count))
                 elif vllm:
                     runs[side].append(vllm.run(url, c, n, plan.output_len, out))
         rows.append(row(engine, endpoint, c, n, runs, plan))
@@ -643,7 +665,7 @@ def bench(tmp: Path, model_dir: Path, engines: tuple[str, ...], plan: Plan, toke
                 vllm = VllmBench(model_dir, round(tokens["content"]), plan, tmp)
             for engine in (e for e in engines if e in running):
                 compare = vllm if engine in VLLM_BENCH_AT else None
-                rows += measure_engine(gw, key, engine, running[engine], plan, compare)
+                rows += measure_engine(gw, key, engine, running[engine], plan, compare, model_dir)
                 loads.append(load_average())
         except BaseException:
             say((tmp / "serve.log").read_text(errors="replace")[-4000:])
@@ -746,8 +768,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="a model directory (default: build the demo model)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="a subset of vllm,llamacpp,mxn")
     parser.add_argument("--vllm-prompts", choices=["random", "mxn"], default="mxn", help="what vLLM bench sends")
-    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default: 2, --quick 1)")
-    parser.add_argument("--loads", help="concurrency:prompts pairs, e.g. 1:32,4:48,16:96 (default: 1:16,4:16,16:32)")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default: 3, --quick 1)")
+    parser.add_argument("--loads", help="concurrency:prompts pairs (default: 1:32,4:48,16:96)")
     parser.add_argument("--engine-cpus", help="keep the engines to these cores (MXN_ENGINE_CPUS), e.g. 0")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
