@@ -1,12 +1,13 @@
-"""The router's choices and breaker, on catalogue objects without HTTP."""
+"""The router's choices and breaker, on catalogue objects (HTTP only for a health check)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
 from mxn.catalog.registry import Catalog, Cell, ChipInfo, EndpointInfo, EndpointState, ModelInfo
 from mxn.engines import EndpointConfig, Unavailable
@@ -72,16 +73,27 @@ class KnowsItsHealth(Unavailable):
 async def test_an_engine_that_knows_its_health_is_not_probed_over_http() -> None:
     asked: list[str] = []
 
-    def upstream(request: httpx.Request) -> httpx.Response:
-        asked.append(str(request.url))
-        return httpx.Response(200)
+    async def models(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response()
 
-    local, remote = ep(1), ep(2)
-    local.engine = KnowsItsHealth(False)
-    router, c = Router(), cell(local, remote)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
-        await router.check_all(Catalog(cells={("m", "nvidia"): c}), client)
-    assert asked == ["http://x/models"]
+    app = web.Application()
+    app.router.add_get("/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        local, remote = ep(1), ep(2)
+        remote = replace(remote, config=replace(remote.config, url=f"http://127.0.0.1:{port}"))
+        local.engine = KnowsItsHealth(False)
+        router, c = Router(), cell(local, remote)
+        async with aiohttp.ClientSession() as client:
+            await router.check_all(Catalog(cells={("m", "nvidia"): c}), client)
+    finally:
+        await runner.cleanup()
+    assert asked == ["/models"]
     assert router.state(c, local) == EndpointState.UNHEALTHY == "unhealthy"
     assert router.state(c, remote) == "running" and router.cell_state(c) == "running"
 

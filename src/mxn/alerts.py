@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,7 @@ from mxn.store.models import Alert, ApiKey, KeyAddress, Usage, User
 log = logging.getLogger("mxn.alerts")
 KINDS = ("usage_spike", "new_ip", "quota_80", "quota_100", "endpoint_down")
 CLAIM_SECONDS = 30  # a claimed delivery that never finished is tried again after this long
+WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -77,7 +78,9 @@ def _now() -> datetime:
 class Alerts:
     """Raises alerts into the store and delivers them to the webhook, in the background of each replica."""
 
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, sessions: async_sessionmaker[AsyncSession], http: aiohttp.ClientSession
+    ) -> None:
         self.settings, self.sessions, self.http = settings, sessions, http
         self._seen: set[tuple[int, str]] = set()  # (key, address) pairs this process knows are recorded
         self._wake = asyncio.Event()
@@ -314,10 +317,12 @@ class Alerts:
             "x-mxn-alert-id": str(alert.id),
         }
         try:
-            r = await self.http.post(self.settings.alert_webhook, content=body, headers=headers, timeout=10.0)
-        except httpx.HTTPError as exc:
+            url = self.settings.alert_webhook
+            async with self.http.post(url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT) as r:
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return type(exc).__name__
-        return None if r.status_code < 300 else f"HTTP {r.status_code}"
+        return None if status < 300 else f"HTTP {status}"
 
 
 async def _crossed(s: AsyncSession, table: type[User] | type[ApiKey], ident: int, below: int) -> int | None:

@@ -9,7 +9,6 @@ from functools import partial
 from pathlib import Path
 
 import aiohttp
-import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
@@ -46,15 +45,10 @@ def make_limiter(settings: Settings) -> Limiter:
     return MemoryLimiter()
 
 
-def upstream_client() -> httpx.AsyncClient:
-    # Health checks, moderation classifiers and alert webhooks; requests to engines use engine_session().
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-    return httpx.AsyncClient(limits=limits, timeout=None, trust_env=False)
-
-
 def engine_session() -> aiohttp.ClientSession:
-    """The pool that requests to engines go through: keep-alive connections, no proxies from the environment,
-    bodies passed through as they are (no decompression), no cookie jar."""
+    """The pool that requests to engines go through (and health checks, moderation classifiers and alert
+    webhooks): keep-alive connections, no proxies from the environment, bodies passed through as they are (no
+    decompression), no cookie jar."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
@@ -71,7 +65,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db,
         sessions,
         await load_secret(sessions, settings.secret),
-        upstream_client(),
         engine_session(),
         make_limiter(settings),
         UsageWriter(sessions, journal_dir(settings), fsync=settings.usage_fsync),
@@ -79,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     if isinstance(state.limiter, ResilientLimiter):
         state.dependencies.append(state.limiter.health)
-    state.alerts = Alerts(settings, sessions, state.http)
+    state.alerts = Alerts(settings, sessions, state.upstream)
     state.keys = KeyCache(sessions, settings.auth_refresh, state.store_health)
     state.keys.start()
     state.usage.start()  # first: the holds are named after its journals

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from mxn import metrics
 from mxn.catalog.registry import Catalog, Cell, EndpointInfo, EndpointState
 from mxn.errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("mxn.routing")
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)  # an endpoint that takes longer to say it is well is not
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 _BREAKER_GAUGE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
@@ -185,7 +186,7 @@ class Router:
             self.on_down(h.endpoint.id, f"{h.labels[0]}@{h.labels[1]}", why)
 
     # --- active checks ---
-    async def check_all(self, catalog: Catalog, client: httpx.AsyncClient) -> None:
+    async def check_all(self, catalog: Catalog, client: aiohttp.ClientSession) -> None:
         checks = [
             self._check(cell, e, client)
             for cell in catalog.cells.values()
@@ -194,7 +195,7 @@ class Router:
         ]
         await asyncio.gather(*checks)
 
-    async def _check(self, cell: Cell, e: EndpointInfo, client: httpx.AsyncClient) -> None:
+    async def _check(self, cell: Cell, e: EndpointInfo, client: aiohttp.ClientSession) -> None:
         h = self.of(cell, e)
         ok = await _probe(e, client)
         metrics.series(metrics.HEALTHY, *h.labels).set(1 if ok else 0)
@@ -211,14 +212,14 @@ def _address(e: EndpointInfo) -> tuple[str, str | None, str | None]:
     return e.config.engine, e.config.url, e.config.path
 
 
-async def _probe(e: EndpointInfo, client: httpx.AsyncClient) -> bool:
+async def _probe(e: EndpointInfo, client: aiohttp.ClientSession) -> bool:
     known = await e.engine.health()  # the embedded engine knows; a remote one's upstream is asked over HTTP
     if known is not None:
         return known
     url = (e.config.url or "").rstrip("/") + e.health_path
     try:
         headers = {"authorization": f"Bearer {e.api_key}"} if e.api_key else {}
-        r = await client.get(url, headers=headers, timeout=5.0)
-        return r.status_code < 500
-    except httpx.HTTPError:
+        async with client.get(url, headers=headers, timeout=PROBE_TIMEOUT) as r:
+            return r.status < 500
+    except (aiohttp.ClientError, TimeoutError, OSError):
         return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-import httpx
+import aiohttp
 import orjson
 import pytest
 
@@ -26,7 +26,7 @@ def stream(rules: Rules, pieces: list[str]) -> tuple[str, bool]:
     """Feed pieces as one choice of a stream; what went out, and whether it was blocked."""
 
     async def run() -> tuple[str, bool]:
-        async with httpx.AsyncClient() as http:
+        async with aiohttp.ClientSession() as http:
             guard = StreamGuard(rules, http)
             out = []
             for i, piece in enumerate(pieces):
@@ -127,7 +127,7 @@ def test_text_held_at_the_end_of_a_stream_without_finish_reason_still_goes_out()
     from mxn.tokens import get_tokenizer
 
     async def run() -> list[bytes]:
-        async with httpx.AsyncClient() as http:
+        async with aiohttp.ClientSession() as http:
             finished: list[tuple[int, str | None]] = []
 
             async def finish(status: int, _prompt: int, _completion: int, _endpoint: int, error: str | None) -> None:
@@ -139,7 +139,7 @@ def test_text_held_at_the_end_of_a_stream_without_finish_reason_still_goes_out()
                 protocol=CHAT,
                 prepared=SimpleNamespace(prompt_tokens=1, include_usage=False),
                 cell=SimpleNamespace(model=model, rules=Rules(WORDS, []), name="m@cpu"),
-                state=SimpleNamespace(http=http),
+                state=SimpleNamespace(upstream=http),
                 admission=SimpleNamespace(finish=finish),
                 blocked=None,
             )

@@ -19,7 +19,7 @@ async def check_input(call: Call) -> None:
     rules = call.cell.rules
     if rules is None or call.protocol.kind == "embedding":
         return
-    await check.check_input(call.state.http, rules, call.prepared.body, call.cell.name)
+    await check.check_input(call.state.upstream, rules, call.prepared.body, call.cell.name)
 
 
 async def check_output(call: Call, body: dict[str, Any]) -> None:
@@ -27,7 +27,7 @@ async def check_output(call: Call, body: dict[str, Any]) -> None:
     rules = call.cell.rules
     if rules is None or call.protocol.kind == "embedding":
         return
-    await check.check_output(call.state.http, rules, body, call.protocol.kind == "chat")
+    await check.check_output(call.state.upstream, rules, body, call.protocol.kind == "chat")
     if body.get("blocked"):
         call.blocked = "content_filter"
 
@@ -37,7 +37,7 @@ def output_stream(call: Call, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIte
     rules = call.cell.rules
     if rules is None:
         return chunks
-    return _guarded(call, StreamGuard(rules, call.state.http), chunks)
+    return _guarded(call, StreamGuard(rules, call.state.upstream), chunks)
 
 
 async def _guarded(

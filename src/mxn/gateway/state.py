@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass, field
 
 import aiohttp
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -41,8 +40,8 @@ class AppState:
     db: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     secret: bytes
-    http: httpx.AsyncClient  # health checks, classifiers, webhooks
-    upstream: aiohttp.ClientSession  # requests to engines: the hot path
+    # HTTP out of the process: requests to engines (the hot path), health checks, classifiers, webhooks.
+    upstream: aiohttp.ClientSession
     limiter: Limiter
     usage: UsageWriter
     router: Router = field(default_factory=Router)
@@ -119,7 +118,7 @@ class AppState:
     async def _check_loop(self) -> None:
         while True:
             try:
-                await self.router.check_all(self.catalog, self.http)
+                await self.router.check_all(self.catalog, self.upstream)
             except Exception as exc:
                 log.warning("health checks failed: %s", type(exc).__name__)
             await asyncio.sleep(self.settings.health_interval)
@@ -138,7 +137,6 @@ class AppState:
         await self.limiter.close()
         await self.throttle.close()
         await self.engines.close()  # frees local models
-        await self.http.aclose()
         await self.upstream.close()
         await self.db.dispose()
 

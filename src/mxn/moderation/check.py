@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from mxn import metrics
@@ -29,17 +29,19 @@ class ContentFiltered(PermissionDenied):
     default_code = "content_filter"
 
 
-async def classify(http: httpx.AsyncClient, classifier: Classifier, text: str) -> bool:
+async def classify(http: aiohttp.ClientSession, classifier: Classifier, text: str) -> bool:
     """True when the classifier flags the text; its failure counts as its `fail` setting says."""
     try:
-        r = await http.post(classifier.url, content=orjson.dumps({"input": text}), timeout=classifier.timeout)
-        r.raise_for_status()
-        data = r.json()
+        timeout = aiohttp.ClientTimeout(total=classifier.timeout)
+        body, headers = orjson.dumps({"input": text}), {"content-type": "application/json"}
+        async with http.post(classifier.url, data=body, headers=headers, timeout=timeout) as r:
+            r.raise_for_status()
+            data = orjson.loads(await r.read())
         results = data.get("results") if isinstance(data, dict) else None
         if isinstance(results, list):
             return any(isinstance(x, dict) and x.get("flagged") is True for x in results)
         return isinstance(data, dict) and data.get("flagged") is True
-    except (httpx.HTTPError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
         log.warning(
             "classifier %s failed (%s); failing %s",
             classifier.url,
@@ -50,7 +52,7 @@ async def classify(http: httpx.AsyncClient, classifier: Classifier, text: str) -
         return classifier.fail_closed
 
 
-async def flagged_by_classifiers(http: httpx.AsyncClient, rules: Rules, text: str) -> bool:
+async def flagged_by_classifiers(http: aiohttp.ClientSession, rules: Rules, text: str) -> bool:
     for c in rules.classifiers:
         if await classify(http, c, text):
             return True
@@ -76,7 +78,7 @@ def request_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
-async def check_input(http: httpx.AsyncClient, rules: Rules, body: dict[str, Any], cell: str) -> None:
+async def check_input(http: aiohttp.ClientSession, rules: Rules, body: dict[str, Any], cell: str) -> None:
     texts = request_texts(body)
     stage = None
     if any(rules.first_hit(t) is not None for t in texts):
@@ -89,7 +91,7 @@ async def check_input(http: httpx.AsyncClient, rules: Rules, body: dict[str, Any
         raise ContentFiltered("The request was refused by content moderation.", param="messages")
 
 
-async def check_output(http: httpx.AsyncClient, rules: Rules, body: dict[str, Any], chat: bool) -> None:
+async def check_output(http: aiohttp.ClientSession, rules: Rules, body: dict[str, Any], chat: bool) -> None:
     """Cut each choice of a complete answer before its first hit, and mark the answer blocked."""
     for choice in body.get("choices") or ():
         holder = (choice.get("message") or {}) if chat else choice
@@ -111,7 +113,7 @@ async def check_output(http: httpx.AsyncClient, rules: Rules, body: dict[str, An
 class StreamGuard:
     """Checks a stream's text per choice as it flows, holding back what might still become a hit."""
 
-    def __init__(self, rules: Rules, http: httpx.AsyncClient) -> None:
+    def __init__(self, rules: Rules, http: aiohttp.ClientSession) -> None:
         self.rules, self.http = rules, http
         self.pending: dict[int, str] = {}  # received, not yet sent
         self.context: dict[int, tuple[str, int]] = {}  # sent text a regex may still match in, and from where
