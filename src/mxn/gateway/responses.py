@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
@@ -52,8 +52,11 @@ def _unstorable(exc: Exception) -> bool:
     """
     if isinstance(exc, OverflowError | DataError):
         return True
-    return isinstance(exc, DBAPIError) and isinstance(
-        getattr(exc.orig, "__cause__", None), asyncpg.exceptions.DataError
+    asyncpg = sys.modules.get("asyncpg")  # loaded only where the store is PostgreSQL
+    return (
+        asyncpg is not None
+        and isinstance(exc, DBAPIError)
+        and isinstance(getattr(exc.orig, "__cause__", None), asyncpg.exceptions.DataError)
     )
 
 

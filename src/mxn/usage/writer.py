@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
 
 from mxn.store.db import unreachable
 from mxn.store.models import Usage
@@ -32,11 +33,6 @@ from mxn.usage.journal import SUFFIX, JournalFile, directory_id, encode, journal
 
 log = logging.getLogger("mxn.usage")
 USAGE = cast(Table, Usage.__table__)
-# A record already in the store (a batch moved again after a crash, or by two survivors) is left as it is.
-_INSERTS = {
-    "sqlite": sqlite.insert(USAGE).on_conflict_do_nothing(index_elements=["record_id"]),
-    "postgresql": postgresql.insert(USAGE).on_conflict_do_nothing(index_elements=["record_id"]),
-}
 CLOSE_WAIT = 30.0  # seconds close() lets the journal take, and then the store
 SWEEP = 10.0  # seconds between looks for journals whose writers died
 MAX_BACKOFF = 2.0  # seconds between attempts at most, while the store or the disk fails
@@ -49,8 +45,21 @@ async def insert(sessions: async_sessionmaker[AsyncSession], rows: list[dict[str
     columns = set().union(*rows)
     rows = [row if len(row) == len(columns) else {c: row.get(c) for c in columns} for row in rows]
     async with sessions() as s:
-        await s.execute(_INSERTS[s.get_bind().dialect.name], rows)  # Core executemany: no ORM work per row
+        await s.execute(_insert(s.get_bind().dialect.name), rows)  # Core executemany: no ORM work per row
         await s.commit()
+
+
+@functools.cache
+def _insert(dialect: str) -> Insert:
+    """The batch insert for the store's dialect; a record already in the store (a batch moved again after a crash,
+    or by two survivors) is left as it is. Only the dialect in use is imported (PostgreSQL's is ~2 MiB)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(USAGE).on_conflict_do_nothing(index_elements=["record_id"])
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(USAGE).on_conflict_do_nothing(index_elements=["record_id"])
 
 
 class UsageWriter:
