@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ def ensure_gguf(source: str, cache_dir: Path, engines_dir: Path) -> str:
     with _locked(out):  # replicas starting together convert once; the others wait and reuse it
         if not out.is_file():
             _convert(python, converter, model, out)
-            for old in cache_dir.glob(f"{stem}-*.gguf"):
+            for old in cache_dir.glob(f"{glob.escape(stem)}-*.gguf"):  # a name may hold [, * or ?
                 if old != out:
                     old.unlink(missing_ok=True)
                     old.with_name(f".{old.name}.lock").unlink(missing_ok=True)
